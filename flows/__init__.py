@@ -1,0 +1,1 @@
+"""Prefect flows and the ``sae`` command line: what runs, in which order."""

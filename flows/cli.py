@@ -1,0 +1,222 @@
+"""The ``sae`` command line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Train sparse autoencoders (TopK SAEs) on embeddings of arXiv abstracts.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_PACKAGES = (
+    "torch",
+    "triton",
+    "numpy",
+    "safetensors",
+    "prefect",
+    "ray",
+    "mlflow",
+    "polars",
+    "s3fs",
+)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@app.command()
+def info() -> None:
+    """Versions, device, kernel backend and the effective settings."""
+    import torch
+
+    from infra.settings import get_settings
+    from sae.backend import choose_backend
+
+    settings = get_settings()
+    backend = choose_backend()
+    rows = [("python", platform.python_version()), ("arxiv-sae", _version("arxiv-sae"))]
+    rows += [(name, _version(name)) for name in _PACKAGES]
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)"
+    else:
+        device = f"cpu ({torch.get_num_threads()} threads)"
+    rows += [
+        ("device", device),
+        ("kernels", f"{backend.name} ({backend.reason})"),
+        ("SAE_HOME", str(settings.home)),
+        ("SAE_STORE", settings.store),
+        ("SAE_DEVICE", settings.device),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter(f"{option} is empty")
+    return values
+
+
+@app.command()
+def train(
+    data: Annotated[
+        str,
+        typer.Option(help="'synthetic', or an [N, d] matrix file: .npy, .pt or .safetensors"),
+    ] = "synthetic",
+    k: Annotated[str, typer.Option(help="Comma-separated k values.")] = "16,32",
+    n: Annotated[str, typer.Option(help="Comma-separated n_latents values.")] = "3072,4608",
+    epochs: Annotated[int, typer.Option()] = 10,
+    batch_size: Annotated[int, typer.Option()] = 1024,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    limit: Annotated[int, typer.Option(help="Use at most this many rows (0: all).")] = 0,
+    domain: Annotated[str, typer.Option(help="Label used in cell names.")] = "synthetic",
+    seed: Annotated[int, typer.Option()] = 0,
+    run_id: Annotated[
+        str,
+        typer.Option(
+            help="Output folder name; default derived from the settings, so a rerun resumes."
+        ),
+    ] = "",
+) -> None:
+    """Train a pack of TopK SAEs (every k x n cell) on one embedding matrix and print metrics.
+
+    Checkpoints go to {SAE_STORE}/sae/{run_id}/{domain}_{k}_{n}_{batch}/; running the
+    same command again resumes unfinished cells and skips finished ones.
+    """
+    from infra.settings import get_settings
+    from sae.config import ConfigError, RunInfo, SAEConfig, TrainConfig, to_dict
+    from sae.data import DataError
+    from sae.trainer import PackTrainer
+
+    settings = get_settings()
+    if not settings.store_is_local:
+        raise typer.BadParameter(
+            f"sae train writes to a local folder; SAE_STORE={settings.store} is remote",
+            param_hint="SAE_STORE",
+        )
+    try:
+        x, data_id = _load_matrix(data, limit, seed)
+        train_cfg = TrainConfig(batch_size=batch_size, lr=lr, epochs=epochs, seed=seed)
+        cfgs = [
+            SAEConfig(d_in=x.shape[1], n_latents=nn, k=kk)
+            for kk in _ints(k, "--k")
+            for nn in _ints(n, "--n")
+        ]
+    except (ConfigError, DataError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    key = json.dumps([data_id, to_dict(train_cfg), [to_dict(c) for c in cfgs]], sort_keys=True)
+    run_id = run_id or "train-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+    out_dir = Path(settings.store) / "sae" / run_id
+    typer.echo(
+        f"training {len(cfgs)} cell(s) on {x.shape[0]} x {x.shape[1]} ({data_id}) -> {out_dir}"
+    )
+
+    def on_log(name: str, step: int, m: dict[str, float]) -> None:
+        typer.echo(
+            f"  {name:<28} step {step:>6}  "
+            f"loss {m['train_loss']:.4f}  dead {m['dead_fraction']:.3f}"
+        )
+
+    trainer = PackTrainer(
+        cfgs,
+        train_cfg,
+        run=RunInfo(
+            domain=domain, data_snapshot=data_id, embedder="none" if data == "synthetic" else "file"
+        ),
+        out_dir=out_dir,
+        device=settings.torch_device(),
+        on_log=on_log,
+    )
+    try:
+        results = trainer.fit(x)
+    except (ConfigError, DataError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo("")
+    typer.echo(results_table(results))
+
+
+_COLUMNS = (  # header, width, value of a CellResult
+    ("cell", 26, lambda r: r.name),
+    ("k", 4, lambda r: r.sae_cfg.k),
+    ("n", 6, lambda r: r.sae_cfg.n_latents),
+    ("nmse", 7, lambda r: f"{r.metrics.nmse:.4f}"),
+    ("log FD", 7, lambda r: f"{r.metrics.log_feature_density:.3f}"),
+    ("act mean", 8, lambda r: f"{r.metrics.act_mean:.4f}"),
+    ("dead", 6, lambda r: f"{r.metrics.dead_fraction:.3f}"),
+    ("s", 6, lambda r: f"{r.seconds:.1f}"),
+)
+
+
+def results_table(results) -> str:
+    """A markdown table of held-out metrics, one row per cell."""
+
+    def row(cells):
+        return (
+            "| "
+            + " | ".join(f"{c!s:>{w}}" for c, (_, w, _) in zip(cells, _COLUMNS, strict=True))
+            + " |"
+        )
+
+    lines = [
+        row(h for h, _, _ in _COLUMNS),
+        "|" + "|".join("-" * (w + 2) for _, w, _ in _COLUMNS) + "|",
+    ]
+    lines += [row(f(r) for _, _, f in _COLUMNS) for r in results]
+    return "\n".join(lines)
+
+
+def _load_matrix(data: str, limit: int, seed: int):
+    import numpy as np
+    import torch
+
+    if data == "synthetic":
+        from sae.synthetic import sparse_dictionary_data
+
+        rows = limit or 20000
+        return sparse_dictionary_data(
+            rows, 384, n_atoms=512, active=6, seed=seed
+        ), f"synthetic-{rows}x384-s{seed}"
+    path = Path(data)
+    if not path.is_file():
+        raise OSError(f"--data {data}: no such file")
+    if path.suffix == ".npy":
+        x = torch.from_numpy(np.load(path, mmap_mode="r")[: limit or None].copy())
+    elif path.suffix == ".pt":
+        x = torch.load(path, map_location="cpu", weights_only=True)[: limit or None]
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        if len(tensors) != 1:
+            raise OSError(f"--data {data}: expected one tensor, found {sorted(tensors)}")
+        x = next(iter(tensors.values()))[: limit or None]
+    else:
+        raise OSError(
+            f"--data {data}: unsupported file type {path.suffix!r} (use .npy, .pt or .safetensors)"
+        )
+    stat = path.stat()
+    return x, f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}-{x.shape[0]}"
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Settings, storage and connections to the servers the flows use."""

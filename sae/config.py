@@ -1,0 +1,182 @@
+"""Typed configuration of one SAE and of a training run.
+
+Plain dataclasses (``sae/`` imports torch/numpy only), checked in ``__post_init__``
+so a bad value fails before any tensor is allocated. Field names are the names used
+everywhere else: CLI options, flow parameters, MLflow params and ``cfg.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Bump when cfg.json gains a field that old readers cannot ignore.
+CFG_FORMAT_VERSION = 1
+
+_CELL_NAME = re.compile(r"^(?P<domain>.+)_(?P<k>\d+)_(?P<n>\d+)_(?P<batch>\d+)$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Shape and loss settings of one TopK SAE (one grid cell)."""
+
+    d_in: int
+    """Embedding dimension d."""
+    n_latents: int
+    """Dictionary size n."""
+    k: int
+    """Active latents per sample."""
+    k_aux: int | None = None
+    """Latents in the AuxK reconstruction; None means 2k, as in the paper's code."""
+    aux_coef: float = 1.0 / 32.0
+    """Weight of the AuxK loss."""
+    dead_threshold_samples: int = 266 * 1024
+    """A latent is dead once it has not fired for this many training samples.
+    The paper used 266 steps of batch 1024 (about one epoch of astro-ph)."""
+    multi_topk: bool = False
+    """Also reconstruct from the top 4k latents, with weight 1/8 (Multi-TopK)."""
+
+    def __post_init__(self) -> None:
+        _positive("d_in", self.d_in)
+        _positive("n_latents", self.n_latents)
+        if self.k <= 0:
+            raise ConfigError(f"k must be positive, got k={self.k}")
+        if self.k > self.n_latents:
+            raise ConfigError(
+                f"k={self.k} is larger than n_latents={self.n_latents}: "
+                "a TopK SAE cannot select more latents than it has"
+            )
+        if self.k_aux is not None and not 0 < self.k_aux <= self.n_latents:
+            raise ConfigError(f"k_aux must be in 1..n_latents={self.n_latents}, got {self.k_aux}")
+        if self.aux_coef < 0:
+            raise ConfigError(f"aux_coef must be >= 0, got {self.aux_coef}")
+        if self.dead_threshold_samples <= 0:
+            raise ConfigError(
+                f"dead_threshold_samples must be positive, got {self.dead_threshold_samples}"
+            )
+
+    @property
+    def effective_k_aux(self) -> int:
+        return min(self.k_aux if self.k_aux is not None else 2 * self.k, self.n_latents)
+
+    @property
+    def k_encode(self) -> int:
+        """How many latents the encoder selects: 4k with Multi-TopK, else k."""
+        return min(4 * self.k, self.n_latents) if self.multi_topk else self.k
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by every cell of a pack (one pass over each batch)."""
+
+    batch_size: int = 1024
+    lr: float = 1e-4
+    epochs: int = 50
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up from 0."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: constant (the paper), or cosine decay to 0 at the last step."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip per cell; 0 disables it."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    seed: int = 0
+    """Seeds the data order and, with (k, n), each cell's initialisation."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the encoder matmul; parameters, sums and optimiser stay float32."""
+    eval_fraction: float = 0.05
+    """Held-out share of the data used for metrics, when no eval split is given."""
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every this many steps (0: only at epoch ends)."""
+    log_every_steps: int = 50
+    geometric_median_iters: int = 20
+    """Weiszfeld iterations for the pre-bias init; 0 uses the coordinate-wise median."""
+
+    def __post_init__(self) -> None:
+        _positive("batch_size", self.batch_size)
+        _positive("epochs", self.epochs)
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(
+                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(
+                f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}"
+            )
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.checkpoint_every_steps < 0 or self.log_every_steps < 0:
+            raise ConfigError("checkpoint_every_steps and log_every_steps must be >= 0")
+        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One grid cell of a sweep: (k, n) plus the labels that name it."""
+
+    k: int
+    n_latents: int
+    domain: str = "data"
+
+    def name(self, batch_size: int) -> str:
+        """The released checkpoints' naming: ``{domain}_{k}_{n}_{batch}``."""
+        return cell_name(self.domain, self.k, self.n_latents, batch_size)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where the data came from; saved in cfg.json so a checkpoint explains itself."""
+
+    embedder: str = "unknown"
+    data_snapshot: str = "unknown"
+    domain: str = "data"
+    code_version: str = "unknown"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cell_name(domain: str, k: int, n_latents: int, batch_size: int) -> str:
+    return f"{domain.replace('.', '').replace('-', '')}_{k}_{n_latents}_{batch_size}"
+
+
+def parse_cell_name(name: str) -> tuple[str, int, int, int]:
+    """``csLG_128_3072_256`` -> (``csLG``, 128, 3072, 256)."""
+    m = _CELL_NAME.match(name)
+    if m is None:
+        raise ConfigError(
+            f"{name!r} is not a cell name of the form {{domain}}_{{k}}_{{n}}_{{batch}}"
+        )
+    return m["domain"], int(m["k"]), int(m["n"]), int(m["batch"])
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(obj)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    """Build a config dataclass, naming unknown keys instead of silently dropping them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{what}: unknown field(s) {unknown}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,99 @@
+"""Held-out metrics, named as they appear in MLflow and the results tables.
+
+log_feature_density: density_i = fraction of eval samples whose top-k holds latent i;
+the metric is the mean of log10(density_i) over latents that fired at least once.
+Latents that never fired on the eval split are left out of that mean (log10(0) is
+-inf) and counted in ``dead_fraction`` instead, which is always reported beside it.
+Its ceiling is log10(k / n), reached when every latent fires equally often.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from sae.losses import fvu
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    nmse: float
+    """Centred NMSE over the whole split: sum sq. error / sum sq. deviation from its mean."""
+    log_feature_density: float
+    """Mean log10 density over latents that fired (see module doc)."""
+    act_mean: float
+    """Mean of the nonzero top-k activation values."""
+    dead_fraction: float
+    """Share of latents that never fired on the split."""
+    l0: float
+    """Mean number of nonzero activations per sample (at most k)."""
+    auxk_loss: float
+    """AuxK loss over the split, using the training dead mask (0 when none are dead)."""
+    n_samples: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    x_ND: torch.Tensor,
+    batch_size: int = 4096,
+    dead_mask_N: torch.Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> EvalMetrics:
+    """Metrics of ``model`` on ``x_ND`` (rows are moved to the model's device per batch).
+
+    Sums are accumulated on the device in float64 and read back once at the end.
+    """
+    N = x_ND.shape[0]
+    if N == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    device = model.b_pre.device
+    n = model.n_latents
+    dead = model.dead_mask() if dead_mask_N is None else dead_mask_N
+    sq_err = torch.zeros((), dtype=torch.float64, device=device)
+    sum_x = torch.zeros(model.d_in, dtype=torch.float64, device=device)
+    sum_x2 = torch.zeros((), dtype=torch.float64, device=device)
+    fires_N = torch.zeros(n, dtype=torch.long, device=device)
+    act_sum = torch.zeros((), dtype=torch.float64, device=device)
+    nonzero = torch.zeros((), dtype=torch.long, device=device)
+    aux_sum = torch.zeros((), dtype=torch.float64, device=device)
+    aux_batches = 0
+    for start in range(0, N, batch_size):
+        x = x_ND[start : start + batch_size].to(device=device, dtype=torch.float32)
+        out = model(x, dead_mask_N=dead, compute_dtype=compute_dtype)
+        xd = x.double()
+        sq_err += (out.x_hat.double() - xd).pow(2).sum()
+        sum_x += xd.sum(dim=0)
+        sum_x2 += xd.pow(2).sum()
+        fires_N += torch.bincount(out.indices.reshape(-1), minlength=n)
+        active = out.values > 0
+        act_sum += out.values.double().sum()
+        nonzero += active.sum()
+        # A batch of one has no variance: its AuxK loss is undefined, so it is skipped.
+        if x.shape[0] > 1:
+            aux_sum += out.auxk_loss.double()
+            aux_batches += 1
+    total = sum_x2 - sum_x.pow(2).sum() / N
+    nmse = (sq_err / total.clamp_min(1e-30)).item()
+    density = fires_N.double() / N
+    alive = density > 0
+    n_alive = int(alive.sum().item())
+    log_fd = density[alive].log10().mean().item() if n_alive else -math.inf
+    n_nonzero = int(nonzero.item())
+    return EvalMetrics(
+        nmse=nmse,
+        log_feature_density=log_fd,
+        act_mean=(act_sum / max(n_nonzero, 1)).item(),
+        dead_fraction=1.0 - n_alive / n,
+        l0=n_nonzero / N,
+        auxk_loss=(aux_sum / max(aux_batches, 1)).item(),
+        n_samples=N,
+    )
+
+
+__all__ = ["EvalMetrics", "evaluate", "fvu"]

@@ -1,0 +1,208 @@
+"""The TopK sparse autoencoder (SAE_RECIPE.md, "Model" and "Loss").
+
+    z_pre = W_enc (x - b_pre) + b_lat                 [B, n]
+    (I, V) = topk(z_pre, k);  V = relu(V)             [B, k] each
+    x_hat  = sum_j V_j * W_dec[I_j] + b_pre           [B, d]
+
+W_dec is stored one latent per contiguous row ([n, d]) and kept at unit row norm.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from sae.config import SAEConfig
+from sae.losses import fvu
+from sae.sparse import selected_encode, sparse_decode
+
+
+class SAEOutput(NamedTuple):
+    """What one forward pass gives back."""
+
+    x_hat: torch.Tensor
+    """Reconstruction from the top k latents, [B, d]."""
+    values: torch.Tensor
+    """Top-k activations after ReLU, [B, k] (sorted, largest first)."""
+    indices: torch.Tensor
+    """Latent ids of ``values``, [B, k]."""
+    nmse: torch.Tensor
+    """Centred normalised MSE of ``x_hat`` over the batch (scalar)."""
+    auxk_loss: torch.Tensor
+    """NMSE of the dead-latent reconstruction of the residual (0 when none are dead)."""
+    multi_topk_nmse: torch.Tensor
+    """NMSE of the top-4k reconstruction (0 unless Multi-TopK is on)."""
+    loss: torch.Tensor
+    """nmse + aux_coef * auxk_loss (+ multi_topk_nmse / 8)."""
+
+
+class TopKSAE(nn.Module):
+    """A TopK SAE with parameters named after the released checkpoints' roles.
+
+    Parameters: ``W_enc`` [n, d], ``b_lat`` [n], ``W_dec`` [n, d], ``b_pre`` [d].
+    Buffer: ``samples_since_fired`` [n], the dead-latent counter (in samples).
+    """
+
+    def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None):
+        super().__init__()
+        self.cfg = cfg
+        n, d = cfg.n_latents, cfg.d_in
+        W_dec = torch.randn(n, d, generator=generator)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.clone())
+        self.b_lat = nn.Parameter(torch.zeros(n))
+        self.b_pre = nn.Parameter(torch.zeros(d))
+        self.register_buffer("samples_since_fired", torch.zeros(n, dtype=torch.long))
+
+    # ------------------------------------------------------------------ encode
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.n_latents
+
+    @property
+    def k(self) -> int:
+        return self.cfg.k
+
+    def pre_activations(self, x_c_BD: torch.Tensor, compute_dtype: torch.dtype | None = None):
+        """Dense z_pre [B, n] from centred inputs, without autograd (it only picks latents)."""
+        with torch.no_grad():
+            x_c = x_c_BD.detach()
+            if compute_dtype is not None and compute_dtype != x_c.dtype:
+                z = x_c.to(compute_dtype) @ self.W_enc.to(compute_dtype).T
+                return z.float() + self.b_lat
+            return torch.addmm(self.b_lat, x_c, self.W_enc.T)
+
+    def encode(
+        self, x_BD: torch.Tensor, k: int | None = None, compute_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k codes: (values [B, k] after ReLU, indices [B, k]), largest first."""
+        self._check_input(x_BD)
+        k = self.k if k is None else k
+        x_c = x_BD - self.b_pre
+        values, indices = self.pre_activations(x_c, compute_dtype).topk(k, dim=1, sorted=True)
+        values = selected_encode(x_c, self.W_enc, self.b_lat, indices, values)
+        return torch.relu(values), indices
+
+    def decode(self, values_BK: torch.Tensor, indices_BK: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [B, d] from sparse codes; touches only the k selected rows."""
+        return sparse_decode(values_BK, indices_BK, self.W_dec) + self.b_pre
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        x_BD: torch.Tensor,
+        dead_mask_N: torch.Tensor | None = None,
+        compute_dtype: torch.dtype | None = None,
+    ) -> SAEOutput:
+        """Reconstruct ``x`` and compute the training losses.
+
+        ``dead_mask_N`` selects the latents the AuxK loss may use; None means the
+        model's own counter (``samples_since_fired > dead_threshold_samples``).
+        """
+        self._check_input(x_BD)
+        cfg = self.cfg
+        if dead_mask_N is None:
+            dead_mask_N = self.dead_mask()
+        x_c = x_BD - self.b_pre
+        z_pre = self.pre_activations(x_c, compute_dtype)
+        top_v, top_i = z_pre.topk(cfg.k_encode, dim=1, sorted=True)
+        aux_i = self._aux_indices(z_pre, dead_mask_N)
+        if aux_i is not None:
+            aux_v = z_pre.gather(1, aux_i)
+            sel_i = torch.cat([top_i, aux_i], dim=1)
+            sel_v = torch.cat([top_v, aux_v], dim=1)
+        else:
+            sel_i, sel_v = top_i, top_v
+        sel_v = torch.relu(selected_encode(x_c, self.W_enc, self.b_lat, sel_i, sel_v))
+
+        k = cfg.k
+        values, indices = sel_v[:, :k], sel_i[:, :k]
+        x_hat = self.decode(values, indices)
+        nmse = fvu(x_hat, x_BD)
+        zero = nmse.new_zeros(())
+
+        multi = zero
+        if cfg.multi_topk:
+            k4 = cfg.k_encode
+            multi = fvu(self.decode(sel_v[:, :k4], sel_i[:, :k4]), x_BD)
+
+        auxk = zero
+        if aux_i is not None:
+            kt = cfg.k_encode
+            residual = x_BD - x_hat.detach()
+            e_hat = sparse_decode(sel_v[:, kt:], sel_i[:, kt:], self.W_dec)
+            auxk = torch.nan_to_num(fvu(e_hat, residual), nan=0.0)
+
+        loss = nmse + cfg.aux_coef * auxk + multi / 8.0
+        return SAEOutput(x_hat, values, indices, nmse, auxk, multi, loss)
+
+    def _aux_indices(self, z_pre_BN: torch.Tensor, dead_mask_N: torch.Tensor):
+        """Top-k_aux latent ids among the dead ones, [B, k_aux'], or None if none are dead.
+
+        Only the dead columns are searched, so the cost shrinks with the dead count.
+        The one host sync here (how many are dead) happens only when AuxK is on.
+        """
+        if self.cfg.aux_coef == 0:
+            return None
+        dead_ids = dead_mask_N.nonzero().squeeze(1)
+        n_dead = dead_ids.numel()
+        if n_dead == 0:
+            return None
+        k_aux = min(self.cfg.effective_k_aux, n_dead)
+        _, pos = z_pre_BN.index_select(1, dead_ids).topk(k_aux, dim=1, sorted=False)
+        return dead_ids[pos]
+
+    # ------------------------------------------------------------ constraints
+    def dead_mask(self) -> torch.Tensor:
+        return self.samples_since_fired > self.cfg.dead_threshold_samples
+
+    @torch.no_grad()
+    def update_dead_counter(self, indices_BK: torch.Tensor) -> None:
+        """Reset the counter of every latent in some sample's top k; add B to the rest."""
+        fired = torch.bincount(indices_BK.reshape(-1), minlength=self.n_latents) > 0
+        self.samples_since_fired.add_(indices_BK.shape[0]).masked_fill_(fired, 0)
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """g_j -= (w_j . g_j) w_j, so a step moves each unit-norm row along its sphere."""
+        g = self.W_dec.grad
+        if g is None:
+            return
+        w = self.W_dec
+        g.addcmul_(torch.linalg.vecdot(g, w).unsqueeze(1), w, value=-1.0)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    # --------------------------------------------------------------- checks
+    def _check_input(self, x_BD: torch.Tensor) -> None:
+        if x_BD.ndim != 2 or x_BD.shape[1] != self.d_in:
+            raise ValueError(
+                f"input has shape {tuple(x_BD.shape)}, expected [batch, d_in={self.d_in}]"
+            )
+
+    # ------------------------------------------------------------ save/load
+    def save(self, directory, **kwargs) -> None:
+        from sae.checkpoint import save_sae
+
+        save_sae(self, directory, **kwargs)
+
+    @classmethod
+    def load(cls, directory, device: str | torch.device = "cpu") -> TopKSAE:
+        from sae.checkpoint import load_sae
+
+        return load_sae(directory, device=device)
+
+    @classmethod
+    def from_released(cls, path, k: int | None = None) -> TopKSAE:
+        from sae.checkpoint import load_released
+
+        return load_released(path, k=k)

@@ -1,0 +1,326 @@
+"""Train a *pack* of grid cells from one pass over each batch, with exact resume.
+
+Every cell of the pack sees the same batches in the same order (the order depends
+only on ``TrainConfig.seed`` and the epoch) and starts from an initialisation that
+depends only on (seed, k, n); so a cell trained in a pack matches the same cell
+trained alone. Each cell keeps its own optimiser, dead-latent counter, checkpoint
+and resume point.
+
+Checkpoint folder per cell (``out_dir/{domain}_{k}_{n}_{batch}/``):
+    train_state.pt      everything needed to resume (weights, Adam, schedule,
+                        dead counters, data position, log accumulators)
+    model.safetensors   the exported model (epoch ends and the end)
+    cfg.json            every hyper-parameter, d_in, embedder, data snapshot
+    metrics.json        held-out metrics, written once the cell is done
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sae.checkpoint import atomic_torch_save, atomic_write_bytes, save_sae
+from sae.config import ConfigError, RunInfo, SAEConfig, TrainConfig, cell_name, to_dict
+from sae.data import DataError, as_matrix, split
+from sae.init import data_median
+from sae.metrics import EvalMetrics, evaluate
+from sae.model import TopKSAE
+from sae.optim import clip_grad_norm
+from sae.perf import keep_freed_memory
+
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.json"
+_MEDIAN_SAMPLE = 16384
+
+LogFn = Callable[[str, int, dict[str, float]], None]
+
+
+@dataclass
+class CellResult:
+    name: str
+    sae_cfg: SAEConfig
+    metrics: EvalMetrics
+    steps: int
+    seconds: float
+    directory: Path | None = None
+
+
+@dataclass
+class _Cell:
+    name: str
+    cfg: SAEConfig
+    model: TopKSAE
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    step: int = 0
+    """Global steps already taken; the cell trains on step g only when g >= step."""
+    done: bool = False
+    metrics: EvalMetrics | None = None
+    seconds: float = 0.0
+    acc: dict[str, torch.Tensor] = field(default_factory=dict)
+    acc_steps: int = 0
+
+
+def cell_seed(seed: int, k: int, n_latents: int) -> int:
+    """Initialisation seed of one cell: independent of which pack it is trained in."""
+    return (seed * 1_000_003 + k * 10_007 + n_latents) % (2**63 - 1)
+
+
+def epoch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    """Row order of one epoch: a pure function of (seed, epoch), so resume needs no RNG state."""
+    g = torch.Generator().manual_seed((seed * 7_919 + epoch) % (2**63 - 1))
+    return torch.randperm(n_rows, generator=g)
+
+
+class PackTrainer:
+    """Trains several SAEs over the same embeddings, one read of each batch for all.
+
+    ``configs``: one :class:`SAEConfig` per cell (all with the same ``d_in``).
+    ``out_dir``: where checkpoints go; None trains in memory only (no resume).
+    ``on_log(cell_name, step, metrics)``: called every ``log_every_steps``.
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[SAEConfig],
+        train: TrainConfig,
+        *,
+        run: RunInfo | None = None,
+        out_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        on_log: LogFn | None = None,
+    ):
+        if not configs:
+            raise ConfigError("a pack needs at least one cell")
+        d_ins = {c.d_in for c in configs}
+        if len(d_ins) != 1:
+            raise ConfigError(f"all cells of a pack must share d_in, got {sorted(d_ins)}")
+        self.run = run or RunInfo()
+        names = [cell_name(self.run.domain, c.k, c.n_latents, train.batch_size) for c in configs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"duplicate cells in the pack: {names}")
+        self.configs = list(configs)
+        self.names = names
+        self.train = train
+        self.d_in = d_ins.pop()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = torch.device(
+            device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.on_log = on_log
+        self.compute_dtype = getattr(torch, train.compute_dtype)
+
+    # ------------------------------------------------------------------ public
+    def fit(self, x, x_eval=None) -> list[CellResult]:
+        """Train every cell to ``train.epochs`` (resuming from ``out_dir`` when possible)."""
+        x = as_matrix(x, self.d_in, "training embeddings")
+        if x_eval is None:
+            if self.train.eval_fraction == 0:
+                raise DataError("no held-out split: pass x_eval or set eval_fraction > 0")
+            x_train, x_eval = split(x, self.train.eval_fraction, self.train.seed)
+        else:
+            x_train, x_eval = x, as_matrix(x_eval, self.d_in, "eval embeddings")
+        if x_train.shape[0] < 2:
+            raise DataError("need at least 2 training rows")
+        if self.device.type == "cpu":
+            keep_freed_memory()
+
+        batch = min(self.train.batch_size, x_train.shape[0])
+        steps_per_epoch = x_train.shape[0] // batch
+        total = steps_per_epoch * self.train.epochs
+        cells = self._build_cells(x_train, total)
+
+        pending = [c for c in cells if not c.done]
+        start = min((c.step for c in pending), default=total)
+        x_dev = x_train.to(self.device) if self._fits_on_device(x_train) else x_train
+        for epoch in range(start // steps_per_epoch, self.train.epochs):
+            order = epoch_order(x_train.shape[0], self.train.seed, epoch)
+            first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
+            for s in range(first, steps_per_epoch):
+                g = epoch * steps_per_epoch + s
+                rows = order[s * batch : (s + 1) * batch]
+                xb = x_dev[rows.to(x_dev.device)].to(self.device, non_blocking=True)
+                for c in pending:
+                    if g >= c.step:
+                        self._step(c, xb)
+                if (
+                    self.train.checkpoint_every_steps
+                    and (g + 1) % self.train.checkpoint_every_steps == 0
+                ):
+                    self._checkpoint(pending, epoch, s + 1)
+            self._checkpoint(pending, epoch + 1, 0, export=True)
+
+        for c in pending:
+            t0 = time.perf_counter()
+            c.metrics = evaluate(
+                c.model, x_eval, batch_size=max(batch, 1024), compute_dtype=self._cd()
+            )
+            c.seconds += time.perf_counter() - t0
+            c.done = True
+            self._finish(c)
+        self._last_cells = cells
+        return [
+            CellResult(
+                name=c.name,
+                sae_cfg=c.cfg,
+                metrics=c.metrics,  # type: ignore[arg-type]
+                steps=c.step,
+                seconds=c.seconds,
+                directory=self._dir(c),
+            )
+            for c in cells
+        ]
+
+    # --------------------------------------------------------------- internals
+    def _cd(self) -> torch.dtype | None:
+        return None if self.compute_dtype == torch.float32 else self.compute_dtype
+
+    def _fits_on_device(self, x: torch.Tensor) -> bool:
+        if self.device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return x.numel() * x.element_size() < 0.25 * free
+
+    def _build_cells(self, x_train: torch.Tensor, total_steps: int) -> list[_Cell]:
+        g = torch.Generator().manual_seed(self.train.seed)
+        sample = x_train[torch.randperm(x_train.shape[0], generator=g)[:_MEDIAN_SAMPLE]]
+        b_pre = data_median(sample, self.train.geometric_median_iters)
+        cells = []
+        for cfg, name in zip(self.configs, self.names, strict=True):
+            gen = torch.Generator().manual_seed(cell_seed(self.train.seed, cfg.k, cfg.n_latents))
+            model = TopKSAE(cfg, generator=gen)
+            with torch.no_grad():
+                model.b_pre.copy_(b_pre)
+            model.to(self.device)
+            opt = torch.optim.Adam(
+                model.parameters(),
+                lr=self.train.lr,
+                betas=self.train.adam_betas,
+                eps=self.train.adam_eps,
+                fused=True,
+            )
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(self.train, total_steps))
+            cell = _Cell(name=name, cfg=cfg, model=model, opt=opt, sched=sched)
+            self._restore(cell)
+            cells.append(cell)
+        return cells
+
+    def _step(self, c: _Cell, xb: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        model = c.model
+        out = model(xb, compute_dtype=self._cd())
+        out.loss.backward()
+        model.remove_parallel_decoder_grad()
+        if self.train.grad_clip > 0:
+            clip_grad_norm(model.parameters(), self.train.grad_clip)
+        c.opt.step()
+        c.sched.step()
+        c.opt.zero_grad(set_to_none=True)
+        model.normalize_decoder()
+        model.update_dead_counter(out.indices)
+        c.step += 1
+        self._accumulate(c, out)
+        if self.train.log_every_steps and c.step % self.train.log_every_steps == 0:
+            self._log(c)
+        c.seconds += time.perf_counter() - t0
+
+    def _accumulate(self, c: _Cell, out) -> None:
+        # Sums stay on the device; the host reads them once per log interval.
+        vals = {"loss": out.loss, "nmse": out.nmse, "auxk_loss": out.auxk_loss}
+        for key, v in vals.items():
+            v = v.detach().float()
+            c.acc[key] = c.acc[key] + v if key in c.acc else v
+        c.acc_steps += 1
+
+    def _log(self, c: _Cell) -> None:
+        if self.on_log is not None and c.acc_steps:
+            metrics = {f"train_{k}": (v / c.acc_steps).item() for k, v in c.acc.items()}
+            metrics["dead_fraction"] = c.model.dead_mask().float().mean().item()
+            metrics["lr"] = c.sched.get_last_lr()[0]
+            self.on_log(c.name, c.step, metrics)
+        c.acc, c.acc_steps = {}, 0
+
+    def _dir(self, c: _Cell) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / c.name
+
+    def _state(self, c: _Cell, epoch: int, step_in_epoch: int) -> dict:
+        return {
+            "sae_cfg": to_dict(c.cfg),
+            "train_cfg": to_dict(self.train),
+            "run": to_dict(self.run),
+            "model": c.model.state_dict(),
+            "optimizer": c.opt.state_dict(),
+            "scheduler": {"last_epoch": c.sched.last_epoch},
+            "step": c.step,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "acc": {k: v.cpu() for k, v in c.acc.items()},
+            "acc_steps": c.acc_steps,
+            "seconds": c.seconds,
+            "done": c.done,
+        }
+
+    def _checkpoint(self, cells: Sequence[_Cell], epoch: int, step_in_epoch: int, export=False):
+        if self.out_dir is None:
+            return
+        for c in cells:
+            d = self._dir(c)
+            atomic_torch_save(self._state(c, epoch, step_in_epoch), d / STATE_FILE)
+            if export:
+                save_sae(c.model, d, self.train, self.run)
+
+    def _finish(self, c: _Cell) -> None:
+        d = self._dir(c)
+        if d is None:
+            return
+        save_sae(c.model, d, self.train, self.run)
+        payload = {"metrics": c.metrics.as_dict(), "steps": c.step, "seconds": c.seconds}  # type: ignore[union-attr]
+        atomic_write_bytes(d / METRICS_FILE, json.dumps(payload, indent=2).encode())
+        atomic_torch_save(self._state(c, self.train.epochs, 0), d / STATE_FILE)
+
+    def _restore(self, c: _Cell) -> None:
+        d = self._dir(c)
+        if d is None or not (d / STATE_FILE).is_file():
+            return
+        state = torch.load(d / STATE_FILE, map_location=self.device, weights_only=True)
+        for key, current in (("sae_cfg", to_dict(c.cfg)), ("train_cfg", to_dict(self.train))):
+            if state[key] != current:
+                raise ConfigError(
+                    f"{d / STATE_FILE} was written with other settings ({key} differs: "
+                    f"{_diff(state[key], current)}); use a new output folder to train these"
+                )
+        c.model.load_state_dict(state["model"])
+        c.opt.load_state_dict(state["optimizer"])
+        c.sched.last_epoch = state["scheduler"]["last_epoch"]
+        c.step = state["step"]
+        c.acc = {k: v.to(self.device) for k, v in state["acc"].items()}
+        c.acc_steps = state["acc_steps"]
+        c.seconds = state["seconds"]
+        if state["done"] and (d / METRICS_FILE).is_file():
+            c.done = True
+            c.metrics = EvalMetrics(**json.loads((d / METRICS_FILE).read_text())["metrics"])
+
+
+def _lr_lambda(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warm = train.warmup_steps
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if train.lr_schedule == "cosine":
+            span = max(total_steps - warm, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
+        return 1.0
+
+    return factor
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)

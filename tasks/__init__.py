@@ -1,0 +1,1 @@
+"""Prefect tasks: thin steps that return references (URIs, run ids), never tensors."""

@@ -1,0 +1,146 @@
+"""The pack trainer: learning, pack == solo, exact resume, and input checks."""
+
+import math
+
+import pytest
+import torch
+
+from sae import ConfigError, DataError, PackTrainer, RunInfo, SAEConfig, TopKSAE, TrainConfig
+
+D = 24
+
+
+def _cfgs(*kn, **kw):
+    return [SAEConfig(d_in=D, n_latents=n, k=k, **kw) for k, n in kn]
+
+
+def _train(epochs=2, **kw):
+    base = dict(batch_size=64, lr=3e-3, epochs=epochs, warmup_steps=5, log_every_steps=4, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(model):
+    return [p.detach().clone() for p in (model.W_enc, model.b_lat, model.W_dec, model.b_pre)]
+
+
+def test_training_lowers_nmse_well_below_one(make_data):
+    x = make_data(3000, D, n_atoms=64, active=3)
+    logs = []
+    trainer = PackTrainer(
+        _cfgs((4, 128)), _train(epochs=20), on_log=lambda name, step, m: logs.append((step, m))
+    )
+    (res,) = trainer.fit(x)
+    assert res.metrics.nmse < 0.15, res.metrics
+    assert res.metrics.l0 <= 4
+    assert logs[-1][1]["train_nmse"] < logs[0][1]["train_nmse"]
+    assert math.isfinite(res.metrics.log_feature_density)
+
+
+def test_cells_in_a_pack_match_cells_trained_alone(make_data):
+    x = make_data(600, D)
+    packed = PackTrainer(_cfgs((4, 64), (8, 96)), _train())
+    packed.fit(x)
+    for cfg in _cfgs((4, 64), (8, 96)):
+        solo = PackTrainer([cfg], _train())
+        solo.fit(x)
+        ours = next(c for c in packed._last_cells if c.cfg == cfg)
+        for a, b in zip(_weights(ours.model), _weights(solo._last_cells[0].model), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class CrashError(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", [8, 12])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, make_data, crash_at):
+    x = make_data(640, D)
+    cfgs = _cfgs((4, 64), (6, 48), dead_threshold_samples=128)  # AuxK kicks in early
+    train = _train(epochs=3, checkpoint_every_steps=4)
+    ref = PackTrainer(cfgs, train, out_dir=tmp_path / "ref")
+    ref_results = ref.fit(x)
+
+    def crash(name, step, metrics):
+        if step == crash_at:
+            raise CrashError
+
+    with pytest.raises(CrashError):
+        PackTrainer(cfgs, train, out_dir=tmp_path / "run", on_log=crash).fit(x)
+    resumed = PackTrainer(cfgs, train, out_dir=tmp_path / "run")
+    results = resumed.fit(x)
+    for a, b in zip(ref._last_cells, resumed._last_cells, strict=True):
+        for wa, wb in zip(_weights(a.model), _weights(b.model), strict=True):
+            torch.testing.assert_close(wa, wb, rtol=0, atol=0)
+        assert torch.equal(a.model.samples_since_fired, b.model.samples_since_fired)
+        sa, sb = a.opt.state_dict()["state"], b.opt.state_dict()["state"]
+        for key in sa:
+            torch.testing.assert_close(sa[key]["exp_avg"], sb[key]["exp_avg"], rtol=0, atol=0)
+    assert [r.metrics for r in results] == [r.metrics for r in ref_results]
+    loaded = TopKSAE.load(results[0].directory)
+    torch.testing.assert_close(loaded.W_dec, ref._last_cells[0].model.W_dec)
+
+
+def test_a_finished_pack_is_not_retrained(tmp_path, make_data):
+    x = make_data(300, D)
+    cfgs = _cfgs((4, 64))
+    first = PackTrainer(cfgs, _train(), out_dir=tmp_path).fit(x)
+    state = tmp_path / first[0].name / "train_state.pt"
+    mtime = state.stat().st_mtime_ns
+    steps = []
+    again = PackTrainer(cfgs, _train(), out_dir=tmp_path, on_log=lambda *a: steps.append(a)).fit(x)
+    assert steps == []
+    assert state.stat().st_mtime_ns == mtime
+    assert again[0].metrics == first[0].metrics
+
+
+def test_changed_settings_do_not_resume_silently(tmp_path, make_data):
+    x = make_data(300, D)
+    PackTrainer(_cfgs((4, 64)), _train(), out_dir=tmp_path).fit(x)
+    with pytest.raises(ConfigError, match="lr"):
+        PackTrainer(_cfgs((4, 64)), _train(lr=1e-2), out_dir=tmp_path).fit(x)
+
+
+def test_cell_folders_use_the_released_naming(tmp_path, make_data):
+    x = make_data(200, D)
+    res = PackTrainer(
+        _cfgs((4, 64)), _train(epochs=1), run=RunInfo(domain="cs.LG"), out_dir=tmp_path
+    ).fit(x)
+    assert res[0].name == "csLG_4_64_64"
+    assert (tmp_path / "csLG_4_64_64" / "model.safetensors").is_file()
+    assert (tmp_path / "csLG_4_64_64" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (torch.randn(50, D + 1), "dimension 25"),
+        (torch.empty(0, D), "empty"),
+        (torch.randn(50), "2-D"),
+        (torch.randint(0, 3, (50, D)), "floating point"),
+    ],
+)
+def test_bad_data_is_named_before_training(tmp_path, data, message):
+    with pytest.raises(DataError, match=message):
+        PackTrainer(_cfgs((4, 64)), _train(), out_dir=tmp_path / "out").fit(data)
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_and_inf_rows_are_counted_and_located(tmp_path):
+    x = torch.randn(50, D)
+    x[7, 3] = float("nan")
+    x[20, 0] = float("inf")
+    with pytest.raises(DataError, match=r"2 row\(s\) hold NaN or inf.*\[7, 20\]"):
+        PackTrainer(_cfgs((4, 64)), _train(), out_dir=tmp_path / "out").fit(x)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pack_rules():
+    with pytest.raises(ConfigError, match="at least one cell"):
+        PackTrainer([], _train())
+    with pytest.raises(ConfigError, match="share d_in"):
+        PackTrainer(
+            [SAEConfig(d_in=8, n_latents=16, k=2), SAEConfig(d_in=9, n_latents=16, k=2)], _train()
+        )
+    with pytest.raises(ConfigError, match="duplicate"):
+        PackTrainer(_cfgs((4, 64), (4, 64)), _train())
