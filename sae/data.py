@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -26,7 +27,10 @@ def as_matrix(x, d_in: int | None = None, what: str = "embeddings") -> torch.Ten
     holding NaN/inf (with their count and first row numbers).
     """
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        # A read-only memmap stays on disk and is only ever read; torch warns regardless.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise DataError(f"{what}: expected a tensor or numpy array, got {type(x).__name__}")
     if x.ndim != 2:

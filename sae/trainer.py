@@ -65,6 +65,8 @@ class _Cell:
     seconds: float = 0.0
     acc: dict[str, torch.Tensor] = field(default_factory=dict)
     acc_steps: int = 0
+    lr: float = 0.0
+    """Learning rate of the last step taken."""
 
 
 def cell_seed(seed: int, k: int, n_latents: int) -> int:
@@ -214,6 +216,7 @@ class PackTrainer:
     def _step(self, c: _Cell, xb: torch.Tensor) -> None:
         t0 = time.perf_counter()
         model = c.model
+        c.lr = c.sched.get_last_lr()[0]
         out = model(xb, compute_dtype=self._cd())
         out.loss.backward()
         model.remove_parallel_decoder_grad()
@@ -242,7 +245,7 @@ class PackTrainer:
         if self.on_log is not None and c.acc_steps:
             metrics = {f"train_{k}": (v / c.acc_steps).item() for k, v in c.acc.items()}
             metrics["dead_fraction"] = c.model.dead_mask().float().mean().item()
-            metrics["lr"] = c.sched.get_last_lr()[0]
+            metrics["lr"] = c.lr
             self.on_log(c.name, c.step, metrics)
         c.acc, c.acc_steps = {}, 0
 
@@ -314,7 +317,7 @@ def _lr_lambda(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
         if warm and step < warm:
             return (step + 1) / warm
         if train.lr_schedule == "cosine":
-            span = max(total_steps - warm, 1)
+            span = max(total_steps - warm - 1, 1)  # reaches 0 at the last step
             return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
         return 1.0
 

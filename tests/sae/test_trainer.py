@@ -1,5 +1,6 @@
 """The pack trainer: learning, pack == solo, exact resume, and input checks."""
 
+import itertools
 import math
 
 import pytest
@@ -144,3 +145,34 @@ def test_pack_rules():
         )
     with pytest.raises(ConfigError, match="duplicate"):
         PackTrainer(_cfgs((4, 64), (4, 64)), _train())
+
+
+def test_bfloat16_encoder_matmul_trains_about_as_well_as_float32(make_data):
+    x = make_data(2000, D, n_atoms=64, active=3)
+    nmse = {}
+    for dtype in ("float32", "bfloat16"):
+        (res,) = PackTrainer(_cfgs((4, 128)), _train(epochs=10, compute_dtype=dtype)).fit(x)
+        nmse[dtype] = res.metrics.nmse
+    assert nmse["bfloat16"] < 0.3
+    assert abs(nmse["bfloat16"] - nmse["float32"]) < 0.05, nmse
+
+
+def test_memory_mapped_numpy_input_is_accepted(tmp_path, make_data):
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "emb.npy"
+    np.save(path, make_data(300, D).numpy())
+    mm = np.load(path, mmap_mode="r")
+    (res,) = PackTrainer(_cfgs((4, 64)), _train(epochs=1)).fit(mm)
+    assert res.metrics.n_samples == 15
+
+
+def test_warmup_then_cosine_schedule(make_data):
+    lrs = []
+    train = _train(epochs=2, warmup_steps=4, lr_schedule="cosine", log_every_steps=1, lr=1e-2)
+    PackTrainer(_cfgs((4, 64)), train, on_log=lambda n, s, m: lrs.append(m["lr"])).fit(
+        make_data(640, D)
+    )
+    # 608 training rows / 64 = 9 steps an epoch, 18 in all.
+    assert lrs[:4] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2])
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
