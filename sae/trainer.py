@@ -116,6 +116,7 @@ class PackTrainer:
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.on_log = on_log
+        self._last_cells: list[_Cell] = []
         self.compute_dtype = getattr(torch, train.compute_dtype)
 
     # ------------------------------------------------------------------ public

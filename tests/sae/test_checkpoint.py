@@ -124,3 +124,15 @@ def test_released_name_and_shape_disagreeing_is_named(tmp_path):
     _write_released(path)
     with pytest.raises(CheckpointError, match="n=31"):
         load_released(path)
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
+    from sae.checkpoint import atomic_torch_save
+
+    target = tmp_path / "state.pt"
+    atomic_torch_save({"ok": 1}, target)
+    before = target.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 - any pickling error will do
+        atomic_torch_save({"bad": lambda: None}, target)
+    assert target.read_bytes() == before, "the old file is untouched"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
