@@ -1,0 +1,48 @@
+"""The three sparse ops every TopK SAE step needs, and the one place that picks their backend.
+
+Contracts (B samples, k selected latents, n latents, d dimension; outputs float32):
+
+    gather_weighted_sum(idx [B,k], val [B,k], table [n,d], bias [d]?) -> [B,d]
+        out[b] = sum_j val[b,j] * table[idx[b,j]] (+ bias)     decode, encoder dx
+    gather_dot(idx [B,k], table [n,d], vec [B,d]) -> [B,k]
+        out[b,j] = <vec[b], table[idx[b,j]]>                   decode backward dv
+    segment_sum(idx [B,k], w [B,k], rows [B,d], n, with_weight_sum) -> ([n,d], [n]?)
+        out[i] = sum over (b,j) with idx[b,j] == i of w[b,j] * rows[b]
+                                                               dW_dec, dW_enc, db_lat
+
+Triton runs for CUDA tensors when ``sae.backend.choose_backend()`` says so (Triton
+importable, CUDA present, ``SAE_KERNELS`` not ``torch``); everything else uses torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+
+from sae.backend import choose_backend
+from sae.kernels import torch_ops
+
+
+@functools.cache
+def _triton_ops() -> ModuleType | None:
+    if choose_backend().name != "triton":
+        return None
+    from sae.kernels import triton_ops
+
+    return triton_ops
+
+
+def ops_for(t: torch.Tensor) -> ModuleType:
+    """The op module for tensors on ``t``'s device."""
+    if t.is_cuda:
+        ops = _triton_ops()
+        if ops is not None:
+            return ops
+    return torch_ops
+
+
+def reset_backend() -> None:
+    """Forget the cached choice (after changing ``SAE_KERNELS``)."""
+    _triton_ops.cache_clear()
