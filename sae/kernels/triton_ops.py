@@ -87,7 +87,7 @@ def _segment_sum_kernel(
         acc += w * row.to(tl.float32)
         wsum += w
     tl.store(out_ptr + i * d + cols, acc, mask=col_mask)
-    if HAS_WSUM:
+    if HAS_WSUM:  # noqa: SIM102 - a constexpr branch, then a runtime one
         if pd == 0:
             tl.store(wsum_ptr + i + tl.arange(0, 1), wsum)
 

@@ -51,7 +51,7 @@ def _tol(dtype):
 @pytest.mark.parametrize(("B", "k", "n", "d"), SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gather_weighted_sum(ops, B, k, n, d, dtype):
-    idx, vals, table, vec = _case(B, k, n, d, dtype, repeat=True)
+    idx, vals, table, _ = _case(B, k, n, d, dtype, repeat=True)
     bias = torch.randn(d)
     expect = _dense(idx, vals, n) @ table.float() + bias
     got = ops.gather_weighted_sum(idx, vals, table, bias)
@@ -105,7 +105,7 @@ def test_autograd_functions_match_dense_autograd(monkeypatch, ops):
 
     monkeypatch.setattr(sae.sparse, "ops_for", lambda t: ops)
     B, k, n, d = 6, 5, 30, 24
-    idx, vals, table, x = _case(B, k, n, d, repeat=True)
+    idx, _, table, x = _case(B, k, n, d, repeat=True)
     W_enc = torch.randn(n, d)
     b_lat = torch.randn(n)
     leaves = [
