@@ -56,6 +56,8 @@ class TopKSAE(nn.Module):
         self.b_lat = nn.Parameter(torch.zeros(n))
         self.b_pre = nn.Parameter(torch.zeros(d))
         self.register_buffer("samples_since_fired", torch.zeros(n, dtype=torch.long))
+        self.sync_free_aux: bool | None = None
+        """AuxK search without host syncs (masking all columns); None: on when not on CPU."""
 
     # ------------------------------------------------------------------ encode
     @property
@@ -100,24 +102,26 @@ class TopKSAE(nn.Module):
         x_BD: torch.Tensor,
         dead_mask_N: torch.Tensor | None = None,
         compute_dtype: torch.dtype | None = None,
+        z_pre_BN: torch.Tensor | None = None,
     ) -> SAEOutput:
         """Reconstruct ``x`` and compute the training losses.
 
         ``dead_mask_N`` selects the latents the AuxK loss may use; None means the
         model's own counter (``samples_since_fired > dead_threshold_samples``).
+        ``z_pre_BN`` lets a pack trainer pass pre-activations it computed for many
+        SAEs in one matmul; None computes them here.
         """
         self._check_input(x_BD)
         cfg = self.cfg
         if dead_mask_N is None:
             dead_mask_N = self.dead_mask()
         x_c = x_BD - self.b_pre
-        z_pre = self.pre_activations(x_c, compute_dtype)
+        z_pre = self.pre_activations(x_c, compute_dtype) if z_pre_BN is None else z_pre_BN
         top_v, top_i = z_pre.topk(cfg.k_encode, dim=1, sorted=True)
-        aux_i = self._aux_indices(z_pre, dead_mask_N)
-        if aux_i is not None:
-            aux_v = z_pre.gather(1, aux_i)
-            sel_i = torch.cat([top_i, aux_i], dim=1)
-            sel_v = torch.cat([top_v, aux_v], dim=1)
+        aux = self._aux_select(z_pre, dead_mask_N)
+        if aux is not None:
+            sel_i = torch.cat([top_i, aux[0]], dim=1)
+            sel_v = torch.cat([top_v, aux[1]], dim=1)
         else:
             sel_i, sel_v = top_i, top_v
         sel_v = torch.relu(selected_encode(x_c, self.W_enc, self.b_lat, sel_i, sel_v))
@@ -134,30 +138,41 @@ class TopKSAE(nn.Module):
             multi = fvu(self.decode(sel_v[:, :k4], sel_i[:, :k4]), x_BD)
 
         auxk = zero
-        if aux_i is not None:
+        if aux is not None:
             kt = cfg.k_encode
             residual = x_BD - x_hat.detach()
             e_hat = sparse_decode(sel_v[:, kt:], sel_i[:, kt:], self.W_dec)
-            auxk = torch.nan_to_num(fvu(e_hat, residual), nan=0.0)
+            auxk = torch.nan_to_num(fvu(e_hat, residual), nan=0.0) * aux[2]
 
         loss = nmse + cfg.aux_coef * auxk + multi / 8.0
         return SAEOutput(x_hat, values, indices, nmse, auxk, multi, loss)
 
-    def _aux_indices(self, z_pre_BN: torch.Tensor, dead_mask_N: torch.Tensor):
-        """Top-k_aux latent ids among the dead ones, [B, k_aux'], or None if none are dead.
+    def _aux_select(self, z_pre_BN: torch.Tensor, dead_mask_N: torch.Tensor):
+        """(indices, pre-activations, gate) of the top-k_aux dead latents, or None.
 
-        Only the dead columns are searched, so the cost shrinks with the dead count.
-        The one host sync here (how many are dead) happens only when AuxK is on.
+        On the CPU only the dead columns are searched (reading the dead count is free
+        there). On an accelerator the search runs over all columns with the live ones
+        masked, so no step waits for the host; ``gate`` zeroes the loss when no latent
+        is dead, and picks beyond the dead count get -inf (0 after the ReLU).
         """
         if self.cfg.aux_coef == 0:
             return None
-        dead_ids = dead_mask_N.nonzero().squeeze(1)
-        n_dead = dead_ids.numel()
-        if n_dead == 0:
-            return None
-        k_aux = min(self.cfg.effective_k_aux, n_dead)
-        _, pos = z_pre_BN.index_select(1, dead_ids).topk(k_aux, dim=1, sorted=False)
-        return dead_ids[pos]
+        k_aux = self.cfg.effective_k_aux
+        sync_free = self.sync_free_aux
+        if sync_free is None:
+            sync_free = z_pre_BN.device.type != "cpu"
+        if not sync_free:
+            dead_ids = dead_mask_N.nonzero().squeeze(1)
+            if dead_ids.numel() == 0:
+                return None
+            _, pos = z_pre_BN.index_select(1, dead_ids).topk(
+                min(k_aux, dead_ids.numel()), dim=1, sorted=False
+            )
+            idx = dead_ids[pos]
+            return idx, z_pre_BN.gather(1, idx), z_pre_BN.new_ones(())
+        masked = z_pre_BN.masked_fill(~dead_mask_N, -torch.inf)
+        vals, idx = masked.topk(k_aux, dim=1, sorted=False)
+        return idx, vals, dead_mask_N.any().to(z_pre_BN.dtype)
 
     # ------------------------------------------------------------ constraints
     def dead_mask(self) -> torch.Tensor:
@@ -166,7 +181,8 @@ class TopKSAE(nn.Module):
     @torch.no_grad()
     def update_dead_counter(self, indices_BK: torch.Tensor) -> None:
         """Reset the counter of every latent in some sample's top k; add B to the rest."""
-        fired = torch.bincount(indices_BK.reshape(-1), minlength=self.n_latents) > 0
+        fired = torch.zeros_like(self.samples_since_fired, dtype=torch.bool)
+        fired.index_fill_(0, indices_BK.reshape(-1), True)  # no host sync, unlike bincount
         self.samples_since_fired.add_(indices_BK.shape[0]).masked_fill_(fired, 0)
 
     @torch.no_grad()

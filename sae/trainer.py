@@ -32,6 +32,7 @@ from sae.init import data_median
 from sae.metrics import EvalMetrics, evaluate
 from sae.model import TopKSAE
 from sae.optim import clip_grad_norm
+from sae.pack import PackEncoder
 from sae.perf import keep_freed_memory
 
 STATE_FILE = "train_state.pt"
@@ -116,7 +117,9 @@ class PackTrainer:
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.on_log = on_log
-        self._last_cells: list[_Cell] = []
+        self._cells: list[_Cell] = []
+        self.train_seconds = 0.0
+        """Wall time of the last fit's step loop (no init, checkpoints or evaluation)."""
         self.compute_dtype = getattr(torch, train.compute_dtype)
 
     # ------------------------------------------------------------------ public
@@ -138,6 +141,8 @@ class PackTrainer:
         steps_per_epoch = x_train.shape[0] // batch
         total = steps_per_epoch * self.train.epochs
         cells = self._build_cells(x_train, total)
+        self._cells = cells
+        self.train_seconds = 0.0
 
         pending = [c for c in cells if not c.done]
         start = min((c.step for c in pending), default=total)
@@ -145,18 +150,20 @@ class PackTrainer:
         for epoch in range(start // steps_per_epoch, self.train.epochs):
             order = epoch_order(x_train.shape[0], self.train.seed, epoch)
             first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
+            t_epoch = time.perf_counter()
             for s in range(first, steps_per_epoch):
                 g = epoch * steps_per_epoch + s
                 rows = order[s * batch : (s + 1) * batch]
                 xb = x_dev[rows.to(x_dev.device)].to(self.device, non_blocking=True)
-                for c in pending:
-                    if g >= c.step:
-                        self._step(c, xb)
+                self._pack_step([c for c in pending if g >= c.step], xb)
                 if (
                     self.train.checkpoint_every_steps
                     and (g + 1) % self.train.checkpoint_every_steps == 0
                 ):
                     self._checkpoint(pending, epoch, s + 1)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.train_seconds += time.perf_counter() - t_epoch
             self._checkpoint(pending, epoch + 1, 0, export=True)
 
         for c in pending:
@@ -167,7 +174,6 @@ class PackTrainer:
             c.seconds += time.perf_counter() - t0
             c.done = True
             self._finish(c)
-        self._last_cells = cells
         return [
             CellResult(
                 name=c.name,
@@ -193,14 +199,17 @@ class PackTrainer:
     def _build_cells(self, x_train: torch.Tensor, total_steps: int) -> list[_Cell]:
         g = torch.Generator().manual_seed(self.train.seed)
         sample = x_train[torch.randperm(x_train.shape[0], generator=g)[:_MEDIAN_SAMPLE]]
-        b_pre = data_median(sample, self.train.geometric_median_iters)
-        cells = []
-        for cfg, name in zip(self.configs, self.names, strict=True):
+        b_pre = data_median(sample, self.train.geometric_median_iters).to(self.device)
+        models = []
+        for cfg in self.configs:
             gen = torch.Generator().manual_seed(cell_seed(self.train.seed, cfg.k, cfg.n_latents))
-            model = TopKSAE(cfg, generator=gen)
+            model = TopKSAE(cfg, generator=gen).to(self.device)
             with torch.no_grad():
                 model.b_pre.copy_(b_pre)
-            model.to(self.device)
+            models.append(model)
+        self._encoder = PackEncoder(models)
+        cells = []
+        for cfg, name, model in zip(self.configs, self.names, models, strict=True):
             opt = torch.optim.Adam(
                 model.parameters(),
                 lr=self.train.lr,
@@ -214,11 +223,24 @@ class PackTrainer:
             cells.append(cell)
         return cells
 
-    def _step(self, c: _Cell, xb: torch.Tensor) -> None:
+    def _pack_step(self, active: list[_Cell], xb: torch.Tensor) -> None:
+        """One optimiser step of every active cell on batch ``xb``, one encoder matmul for all."""
+        if not active:
+            return
+        t0 = time.perf_counter()
+        z_all = self._encoder.pre_activations(xb, self._cd())
+        shared = time.perf_counter() - t0
+        total_n = sum(c.cfg.n_latents for c in active)
+        for c, z in zip(self._cells, z_all, strict=True):
+            if c in active:
+                c.seconds += shared * c.cfg.n_latents / total_n
+                self._step(c, xb, z)
+
+    def _step(self, c: _Cell, xb: torch.Tensor, z_pre: torch.Tensor) -> None:
         t0 = time.perf_counter()
         model = c.model
         c.lr = c.sched.get_last_lr()[0]
-        out = model(xb, compute_dtype=self._cd())
+        out = model(xb, z_pre_BN=z_pre)
         out.loss.backward()
         model.remove_parallel_decoder_grad()
         if self.train.grad_clip > 0:

@@ -92,7 +92,7 @@ def test_empty_inputs(ops, B, k):
     assert torch.equal(out, torch.zeros(9, 20)) and torch.equal(wsum, torch.zeros(9))
 
 
-def test_triton_and_torch_agree_bit_for_bit_on_segment_order(ops):
+def test_segment_sum_is_deterministic(ops):
     # Deterministic: the same inputs give the same bits on every call.
     idx, vals, _, rows = _case(32, 7, 50, 36, seed=3)
     a, _ = ops.segment_sum(idx, vals, rows, 50)

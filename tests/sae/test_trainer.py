@@ -45,8 +45,8 @@ def test_cells_in_a_pack_match_cells_trained_alone(make_data):
     for cfg in _cfgs((4, 64), (8, 96)):
         solo = PackTrainer([cfg], _train())
         solo.fit(x)
-        ours = next(c for c in packed._last_cells if c.cfg == cfg)
-        for a, b in zip(_weights(ours.model), _weights(solo._last_cells[0].model), strict=True):
+        ours = next(c for c in packed._cells if c.cfg == cfg)
+        for a, b in zip(_weights(ours.model), _weights(solo._cells[0].model), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -70,7 +70,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, make_data, c
         PackTrainer(cfgs, train, out_dir=tmp_path / "run", on_log=crash).fit(x)
     resumed = PackTrainer(cfgs, train, out_dir=tmp_path / "run")
     results = resumed.fit(x)
-    for a, b in zip(ref._last_cells, resumed._last_cells, strict=True):
+    for a, b in zip(ref._cells, resumed._cells, strict=True):
         for wa, wb in zip(_weights(a.model), _weights(b.model), strict=True):
             torch.testing.assert_close(wa, wb, rtol=0, atol=0)
         assert torch.equal(a.model.samples_since_fired, b.model.samples_since_fired)
@@ -79,7 +79,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, make_data, c
             torch.testing.assert_close(sa[key]["exp_avg"], sb[key]["exp_avg"], rtol=0, atol=0)
     assert [r.metrics for r in results] == [r.metrics for r in ref_results]
     loaded = TopKSAE.load(results[0].directory)
-    torch.testing.assert_close(loaded.W_dec, ref._last_cells[0].model.W_dec)
+    torch.testing.assert_close(loaded.W_dec, ref._cells[0].model.W_dec)
 
 
 def test_a_finished_pack_is_not_retrained(tmp_path, make_data):
