@@ -55,9 +55,10 @@ def plan_packs(
         too_big = [c for c in order if cell_memory_bytes(c, batch_size) > memory_budget_bytes]
         if too_big:
             c = too_big[0]
+            need = cell_memory_bytes(c, batch_size) / 2**30
             raise ConfigError(
-                f"cell k={c.k} n={c.n_latents} needs ~{cell_memory_bytes(c, batch_size) / 2**30:.2f}"
-                f" GiB, more than the memory budget of {memory_budget_bytes / 2**30:.2f} GiB"
+                f"cell k={c.k} n={c.n_latents} needs ~{need:.2f} GiB, more than the "
+                f"memory budget of {memory_budget_bytes / 2**30:.2f} GiB"
             )
     for count in range(min(n_packs, len(order)), len(order) + 1):
         packs = [Pack() for _ in range(count)]
