@@ -8,11 +8,16 @@ cells' pre-activations; a cell's own b_pre folds into a bias,
     z = W_enc (x - b_pre) + b_lat = x @ W_enc^T + (b_lat - W_enc b_pre),
 
 so the batch is read once, whatever the cells' pre-biases.
+
+How the matmul is issued is chosen by measurement. On CUDA: one [B, d] x [d, sum n]
+matmul. On CPU that giant matmul ran 2.8x slower than one matmul per cell (2 cores,
+d=384, B=1024, the 20-cell grid: 1.87 s vs 0.67 s; the [B, sum n] output does not
+stay in cache), so there each cell gets its own matmul over the same resident batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -21,10 +26,11 @@ from sae.model import TopKSAE
 
 
 class PackEncoder:
-    def __init__(self, models: Sequence[TopKSAE]):
+    def __init__(self, models: Sequence[TopKSAE], one_matmul: bool | None = None):
         """Rebinds every model's ``W_enc`` to a view of the shared buffer.
 
         Call before creating optimisers (they must see the rebound parameters).
+        ``one_matmul``: one matmul for the whole pack (None: on CUDA only).
         """
         if not models:
             raise ValueError("a pack needs at least one model")
@@ -32,6 +38,7 @@ class PackEncoder:
         device = models[0].W_enc.device
         sizes = [m.n_latents for m in models]
         self.models = list(models)
+        self.one_matmul = device.type == "cuda" if one_matmul is None else one_matmul
         self.W_all_ND = torch.empty(sum(sizes), d, device=device)
         self.slices = []
         start = 0
@@ -45,11 +52,25 @@ class PackEncoder:
     @torch.no_grad()
     def pre_activations(
         self, x_BD: torch.Tensor, compute_dtype: torch.dtype | None = None
-    ) -> list[torch.Tensor]:
-        """Each model's z_pre [B, n] (views of one [B, sum n] matrix), in pack order."""
-        bias = torch.cat([m.b_lat - m.W_enc @ m.b_pre for m in self.models])
-        if compute_dtype is not None and compute_dtype != x_BD.dtype:
-            z = (x_BD.to(compute_dtype) @ self.W_all_ND.to(compute_dtype).T).float() + bias
-        else:
-            z = torch.addmm(bias, x_BD, self.W_all_ND.T)
-        return [z[:, s] for s in self.slices]
+    ) -> Iterator[torch.Tensor]:
+        """Each model's z_pre [B, n], in pack order.
+
+        Per-cell matmuls are issued lazily, as the caller asks for the next cell, so
+        only one cell's [B, n] matrix is alive at a time (15% faster on CPU than
+        computing all of them first: the 20-cell grid's would be 578 MB).
+        """
+        biases = [m.b_lat - m.W_enc @ m.b_pre for m in self.models]
+        if self.one_matmul:
+            z = _affine(x_BD, self.W_all_ND, torch.cat(biases), compute_dtype)
+            return iter([z[:, s] for s in self.slices])
+        return (
+            _affine(x_BD, self.W_all_ND[s], b, compute_dtype)
+            for s, b in zip(self.slices, biases, strict=True)
+        )
+
+
+def _affine(x_BD, W_ND, b_N, compute_dtype):
+    """x @ W^T + b in float32, the matmul in ``compute_dtype`` when given."""
+    if compute_dtype is not None and compute_dtype != x_BD.dtype:
+        return (x_BD.to(compute_dtype) @ W_ND.to(compute_dtype).T).float() + b_N
+    return torch.addmm(b_N, x_BD, W_ND.T)

@@ -118,8 +118,8 @@ class PackTrainer:
         )
         self.on_log = on_log
         self._cells: list[_Cell] = []
-        self.train_seconds = 0.0
-        """Wall time of the last fit's step loop (no init, checkpoints or evaluation)."""
+        self.epoch_seconds: list[float] = []
+        """Wall time of each epoch's step loop in the last fit (no init, export or eval)."""
         self.compute_dtype = getattr(torch, train.compute_dtype)
 
     # ------------------------------------------------------------------ public
@@ -142,7 +142,7 @@ class PackTrainer:
         total = steps_per_epoch * self.train.epochs
         cells = self._build_cells(x_train, total)
         self._cells = cells
-        self.train_seconds = 0.0
+        self.epoch_seconds = []
 
         pending = [c for c in cells if not c.done]
         start = min((c.step for c in pending), default=total)
@@ -163,7 +163,7 @@ class PackTrainer:
                     self._checkpoint(pending, epoch, s + 1)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.train_seconds += time.perf_counter() - t_epoch
+            self.epoch_seconds.append(time.perf_counter() - t_epoch)
             self._checkpoint(pending, epoch + 1, 0, export=True)
 
         for c in pending:
@@ -224,20 +224,22 @@ class PackTrainer:
         return cells
 
     def _pack_step(self, active: list[_Cell], xb: torch.Tensor) -> None:
-        """One optimiser step of every active cell on batch ``xb``, one encoder matmul for all."""
+        """One optimiser step of every active cell on batch ``xb`` (one read of it for all).
+
+        The step's wall time is shared among the cells in proportion to n.
+        """
         if not active:
             return
         t0 = time.perf_counter()
-        z_all = self._encoder.pre_activations(xb, self._cd())
-        shared = time.perf_counter() - t0
-        total_n = sum(c.cfg.n_latents for c in active)
-        for c, z in zip(self._cells, z_all, strict=True):
+        for c, z in zip(self._cells, self._encoder.pre_activations(xb, self._cd()), strict=True):
             if c in active:
-                c.seconds += shared * c.cfg.n_latents / total_n
                 self._step(c, xb, z)
+        wall = time.perf_counter() - t0
+        total_n = sum(c.cfg.n_latents for c in active)
+        for c in active:
+            c.seconds += wall * c.cfg.n_latents / total_n
 
     def _step(self, c: _Cell, xb: torch.Tensor, z_pre: torch.Tensor) -> None:
-        t0 = time.perf_counter()
         model = c.model
         c.lr = c.sched.get_last_lr()[0]
         out = model(xb, z_pre_BN=z_pre)
@@ -254,7 +256,6 @@ class PackTrainer:
         self._accumulate(c, out)
         if self.train.log_every_steps and c.step % self.train.log_every_steps == 0:
             self._log(c)
-        c.seconds += time.perf_counter() - t0
 
     def _accumulate(self, c: _Cell, out) -> None:
         # Sums stay on the device; the host reads them once per log interval.

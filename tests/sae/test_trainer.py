@@ -176,3 +176,26 @@ def test_warmup_then_cosine_schedule(make_data):
     assert lrs[:4] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2])
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
+
+
+@pytest.mark.parametrize("one_matmul", [False, True])
+def test_pack_encoder_matches_each_models_own_pre_activations(make_data, one_matmul):
+    from sae.pack import PackEncoder
+
+    models = [
+        TopKSAE(c, generator=torch.Generator().manual_seed(i))
+        for i, c in enumerate(_cfgs((4, 64), (8, 96), (4, 32)))
+    ]
+    for m in models:
+        with torch.no_grad():
+            m.b_pre.normal_()
+            m.b_lat.normal_()
+    own = [m.W_enc.detach().clone() for m in models]
+    enc = PackEncoder(models, one_matmul=one_matmul)
+    for m, w in zip(models, own, strict=True):
+        assert torch.equal(m.W_enc, w)
+    with torch.no_grad():
+        models[1].W_enc.mul_(2.0)  # an optimiser's in-place update reaches the shared buffer
+    x = make_data(16, D)
+    for m, z in zip(models, enc.pre_activations(x), strict=True):
+        torch.testing.assert_close(z, m.pre_activations(x - m.b_pre), rtol=1e-5, atol=1e-5)

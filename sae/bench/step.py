@@ -1,6 +1,6 @@
 """Step-time benchmark of one cell: this library vs a dense implementation vs the GEMM floor.
 
-    python -m sae.bench [--d 384 --n 12288 --k 32 --batch 1024 --steps 20]
+    python -m sae.bench [step] [--d 384 --n 12288 --k 32 --batch 1024 --steps 20]
 
 Prints a table. (a) is this library's training step; (b) the same recipe done
 densely, as the paper's code does it (a [B, n] latent matrix, dense decode, dense
@@ -10,12 +10,10 @@ backward); (c) the encoder forward matmul alone, which every TopK SAE must pay.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
+from sae.bench.timing import median_seconds
 from sae.config import SAEConfig
 from sae.losses import fvu
 from sae.model import TopKSAE
@@ -33,17 +31,6 @@ class DenseTopKSAE(TopKSAE):
         x_hat = latents_BN @ self.W_dec + self.b_pre
         nmse = fvu(x_hat, x_BD)
         return nmse, i
-
-
-def _time(fn: Callable[[], object], steps: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def _train_step(model: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor, dense: bool):
@@ -76,10 +63,10 @@ def run(d: int, n: int, k: int, batch: int, steps: int, threads: int | None) -> 
     for label, cls, dense in (("sparse", TopKSAE, False), ("dense", DenseTopKSAE, True)):
         model = cls(cfg, generator=torch.Generator().manual_seed(0))
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-        results[label] = statistics.median(_time(_train_step(model, opt, x, dense), steps))
+        results[label] = median_seconds(_train_step(model, opt, x, dense), steps)
     W = torch.randn(n, d)
     b = torch.zeros(n)
-    results["gemm"] = statistics.median(_time(lambda: torch.addmm(b, x, W.T), steps))
+    results["gemm"] = median_seconds(lambda: torch.addmm(b, x, W.T), steps)
     return results
 
 
@@ -107,7 +94,3 @@ def main(argv: list[str] | None = None) -> None:
     for label, t in rows:
         print(f"{label:<44}{t * 1e3:>9.1f}{t / gemm:>9.2f}")
     print(f"speed-up of (a) over (b): {r['dense'] / r['sparse']:.2f}x")
-
-
-if __name__ == "__main__":
-    main()
