@@ -148,13 +148,13 @@ class PackTrainer:
         start = min((c.step for c in pending), default=total)
         x_dev = x_train.to(self.device) if self._fits_on_device(x_train) else x_train
         for epoch in range(start // steps_per_epoch, self.train.epochs):
-            order = epoch_order(x_train.shape[0], self.train.seed, epoch)
+            order = epoch_order(x_train.shape[0], self.train.seed, epoch).to(x_dev.device)
             first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
             t_epoch = time.perf_counter()
             for s in range(first, steps_per_epoch):
                 g = epoch * steps_per_epoch + s
                 rows = order[s * batch : (s + 1) * batch]
-                xb = x_dev[rows.to(x_dev.device)].to(self.device, non_blocking=True)
+                xb = x_dev[rows].to(self.device, non_blocking=True)
                 self._pack_step([c for c in pending if g >= c.step], xb)
                 if (
                     self.train.checkpoint_every_steps
