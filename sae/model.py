@@ -38,6 +38,13 @@ class SAEOutput(NamedTuple):
     """nmse + aux_coef * auxk_loss (+ multi_topk_nmse / 8)."""
 
 
+def affine(x_BD, W_ND, b_N, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x @ W^T + b in float32 [B, n]; the matmul in ``compute_dtype`` when given."""
+    if compute_dtype is not None and compute_dtype != x_BD.dtype:
+        return (x_BD.to(compute_dtype) @ W_ND.to(compute_dtype).T).float() + b_N
+    return torch.addmm(b_N, x_BD, W_ND.T)
+
+
 class TopKSAE(nn.Module):
     """A TopK SAE with parameters named after the released checkpoints' roles.
 
@@ -75,11 +82,7 @@ class TopKSAE(nn.Module):
     def pre_activations(self, x_c_BD: torch.Tensor, compute_dtype: torch.dtype | None = None):
         """Dense z_pre [B, n] from centred inputs, without autograd (it only picks latents)."""
         with torch.no_grad():
-            x_c = x_c_BD.detach()
-            if compute_dtype is not None and compute_dtype != x_c.dtype:
-                z = x_c.to(compute_dtype) @ self.W_enc.to(compute_dtype).T
-                return z.float() + self.b_lat
-            return torch.addmm(self.b_lat, x_c, self.W_enc.T)
+            return affine(x_c_BD, self.W_enc, self.b_lat, compute_dtype)
 
     def encode(
         self, x_BD: torch.Tensor, k: int | None = None, compute_dtype: torch.dtype | None = None

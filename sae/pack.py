@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from sae.model import TopKSAE
+from sae.model import TopKSAE, affine
 
 
 class PackEncoder:
@@ -61,16 +61,9 @@ class PackEncoder:
         """
         biases = [m.b_lat - m.W_enc @ m.b_pre for m in self.models]
         if self.one_matmul:
-            z = _affine(x_BD, self.W_all_ND, torch.cat(biases), compute_dtype)
+            z = affine(x_BD, self.W_all_ND, torch.cat(biases), compute_dtype)
             return iter([z[:, s] for s in self.slices])
         return (
-            _affine(x_BD, self.W_all_ND[s], b, compute_dtype)
+            affine(x_BD, self.W_all_ND[s], b, compute_dtype)
             for s, b in zip(self.slices, biases, strict=True)
         )
-
-
-def _affine(x_BD, W_ND, b_N, compute_dtype):
-    """x @ W^T + b in float32, the matmul in ``compute_dtype`` when given."""
-    if compute_dtype is not None and compute_dtype != x_BD.dtype:
-        return (x_BD.to(compute_dtype) @ W_ND.to(compute_dtype).T).float() + b_N
-    return torch.addmm(b_N, x_BD, W_ND.T)

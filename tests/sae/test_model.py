@@ -55,8 +55,14 @@ def _model_and_ref(cfg, seed=0):
     return model, ref
 
 
-def _grads(model):
-    return [model.W_enc.grad, model.b_lat.grad, model.W_dec.grad, model.b_pre.grad]
+def _assert_same_grads(out, expect, model, ref):
+    """Backpropagate both losses and compare the four parameter gradients."""
+    out.loss.backward()
+    expect["loss"].backward()
+    names = ["W_enc", "b_lat", "W_dec", "b_pre"]
+    for name, want in zip(names, ref, strict=True):
+        got = getattr(model, name).grad
+        torch.testing.assert_close(got, want.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("multi", [False, True])
@@ -71,12 +77,7 @@ def test_forward_and_gradients_match_dense_reference(make_data, multi):
     assert torch.equal(out.indices, expect["indices"])
     torch.testing.assert_close(out.nmse, expect["nmse"])
     torch.testing.assert_close(out.loss, expect["loss"])
-    out.loss.backward()
-    expect["loss"].backward()
-    for got, want, name in zip(
-        _grads(model), [p.grad for p in ref], ["W_enc", "b_lat", "W_dec", "b_pre"], strict=True
-    ):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_grads(out, expect, model, ref)
 
 
 @pytest.mark.parametrize("sync_free", [False, True])
@@ -92,10 +93,7 @@ def test_auxk_loss_and_gradients_match_dense_reference(make_data, sync_free):
     assert out.auxk_loss > 0
     torch.testing.assert_close(out.auxk_loss, expect["auxk"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss, expect["loss"])
-    out.loss.backward()
-    expect["loss"].backward()
-    for got, want in zip(_grads(model), [p.grad for p in ref], strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    _assert_same_grads(out, expect, model, ref)
 
 
 def test_auxk_gradient_reaches_dead_latents_encoder_rows(make_data):
@@ -125,9 +123,7 @@ def test_few_dead_latents_use_all_of_them(make_data, sync_free):
     out = model(x, dead_mask_N=dead)
     expect = dense_reference(ref, x, 4, dead_mask=dead, k_aux=8)
     torch.testing.assert_close(out.auxk_loss, expect["auxk"], rtol=1e-5, atol=1e-6)
-    out.loss.backward()
-    expect["loss"].backward()
-    torch.testing.assert_close(model.W_enc.grad, ref[0].grad, rtol=1e-4, atol=1e-6)
+    _assert_same_grads(out, expect, model, ref)
 
 
 @pytest.mark.parametrize("sync_free", [False, True])
