@@ -120,7 +120,10 @@ class PackTrainer:
         self._cells: list[_Cell] = []
         self.epoch_seconds: list[float] = []
         """Wall time of each epoch's step loop in the last fit (no init, export or eval)."""
-        self.compute_dtype = getattr(torch, train.compute_dtype)
+        # None keeps the matmul in float32; otherwise the dtype it runs in.
+        self._compute_dtype = (
+            None if train.compute_dtype == "float32" else getattr(torch, train.compute_dtype)
+        )
 
     # ------------------------------------------------------------------ public
     def fit(self, x, x_eval=None) -> list[CellResult]:
@@ -169,7 +172,7 @@ class PackTrainer:
         for c in pending:
             t0 = time.perf_counter()
             c.metrics = evaluate(
-                c.model, x_eval, batch_size=max(batch, 1024), compute_dtype=self._cd()
+                c.model, x_eval, batch_size=max(batch, 1024), compute_dtype=self._compute_dtype
             )
             c.seconds += time.perf_counter() - t0
             c.done = True
@@ -187,9 +190,6 @@ class PackTrainer:
         ]
 
     # --------------------------------------------------------------- internals
-    def _cd(self) -> torch.dtype | None:
-        return None if self.compute_dtype == torch.float32 else self.compute_dtype
-
     def _fits_on_device(self, x: torch.Tensor) -> bool:
         if self.device.type != "cuda":
             return False
@@ -231,7 +231,8 @@ class PackTrainer:
         if not active:
             return
         t0 = time.perf_counter()
-        for c, z in zip(self._cells, self._encoder.pre_activations(xb, self._cd()), strict=True):
+        z_pre = self._encoder.pre_activations(xb, self._compute_dtype)
+        for c, z in zip(self._cells, z_pre, strict=True):
             if c in active:
                 self._step(c, xb, z)
         wall = time.perf_counter() - t0
