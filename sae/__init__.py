@@ -7,7 +7,7 @@ notebook without Prefect, Ray or MLflow.
 """
 
 from sae.checkpoint import CheckpointError, load_released, load_sae, save_sae
-from sae.config import CellSpec, ConfigError, RunInfo, SAEConfig, TrainConfig, cell_name
+from sae.config import ConfigError, RunInfo, SAEConfig, TrainConfig, cell_name
 from sae.data import DataError
 from sae.metrics import EvalMetrics, evaluate
 from sae.model import SAEOutput, TopKSAE
@@ -15,7 +15,6 @@ from sae.trainer import CellResult, PackTrainer
 
 __all__ = [
     "CellResult",
-    "CellSpec",
     "CheckpointError",
     "ConfigError",
     "DataError",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 # Bump when cfg.json gains a field that old readers cannot ignore.
@@ -123,19 +123,6 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class CellSpec:
-    """One grid cell of a sweep: (k, n) plus the labels that name it."""
-
-    k: int
-    n_latents: int
-    domain: str = "data"
-
-    def name(self, batch_size: int) -> str:
-        """The released checkpoints' naming: ``{domain}_{k}_{n}_{batch}``."""
-        return cell_name(self.domain, self.k, self.n_latents, batch_size)
-
-
-@dataclass(frozen=True)
 class RunInfo:
     """Where the data came from; saved in cfg.json so a checkpoint explains itself."""
 
@@ -143,7 +130,6 @@ class RunInfo:
     data_snapshot: str = "unknown"
     domain: str = "data"
     code_version: str = "unknown"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def cell_name(domain: str, k: int, n_latents: int, batch_size: int) -> str:
