@@ -173,7 +173,10 @@ def results_table(results) -> str:
     def row(cells):
         return (
             "| "
-            + " | ".join(f"{c!s:>{w}}" for c, (_, w, _) in zip(cells, _COLUMNS, strict=True))
+            + " | ".join(
+                f"{c!s:<{w}}" if i == 0 else f"{c!s:>{w}}"  # names left, numbers right
+                for i, (c, (_, w, _)) in enumerate(zip(cells, _COLUMNS, strict=True))
+            )
             + " |"
         )
 
