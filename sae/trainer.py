@@ -52,7 +52,7 @@ class CellResult:
     directory: Path | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # cells are compared by identity (`c in active`), never by value
 class _Cell:
     name: str
     cfg: SAEConfig
