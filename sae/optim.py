@@ -1,4 +1,4 @@
-"""Gradient clipping that skips the rescale pass when it would be a no-op."""
+"""One optimiser step of a TopK SAE, with its decoder-norm constraint and gradient clipping."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> tor
     else:
         torch._foreach_mul_(grads, coef.clamp(max=1.0))
     return norm
+
+
+def constrained_step(model, opt: torch.optim.Optimizer, grad_clip: float) -> None:
+    """After ``backward``: project the decoder grads, clip, step, clear grads, renormalise.
+
+    Keeps the decoder rows on the unit sphere (SAE_RECIPE.md); ``grad_clip`` 0 skips clipping.
+    """
+    model.remove_parallel_decoder_grad()
+    if grad_clip > 0:
+        clip_grad_norm(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.normalize_decoder()

@@ -31,7 +31,7 @@ from sae.data import DataError, as_matrix, split
 from sae.init import data_median
 from sae.metrics import EvalMetrics, evaluate
 from sae.model import TopKSAE
-from sae.optim import clip_grad_norm
+from sae.optim import constrained_step
 from sae.pack import PackEncoder
 from sae.perf import keep_freed_memory
 
@@ -245,13 +245,8 @@ class PackTrainer:
         c.lr = c.sched.get_last_lr()[0]
         out = model(xb, z_pre_BN=z_pre)
         out.loss.backward()
-        model.remove_parallel_decoder_grad()
-        if self.train.grad_clip > 0:
-            clip_grad_norm(model.parameters(), self.train.grad_clip)
-        c.opt.step()
+        constrained_step(model, c.opt, self.train.grad_clip)
         c.sched.step()
-        c.opt.zero_grad(set_to_none=True)
-        model.normalize_decoder()
         model.update_dead_counter(out.indices)
         c.step += 1
         self._accumulate(c, out)

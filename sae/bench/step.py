@@ -17,7 +17,7 @@ from sae.bench.timing import median_seconds
 from sae.config import SAEConfig
 from sae.losses import fvu
 from sae.model import TopKSAE
-from sae.optim import clip_grad_norm
+from sae.optim import constrained_step
 from sae.perf import keep_freed_memory
 
 
@@ -41,11 +41,7 @@ def _train_step(model: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor, den
             out = model(x)
             loss, idx = out.loss, out.indices
         loss.backward()
-        model.remove_parallel_decoder_grad()
-        clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        model.normalize_decoder()
+        constrained_step(model, opt, grad_clip=1.0)
         model.update_dead_counter(idx)
 
     return step
