@@ -17,6 +17,16 @@ import triton.language as tl
 
 
 @triton.jit
+def _load_rows(table_ptr, rows, j_mask, cols, col_mask, d):
+    """table[rows, cols] as a float32 [BLOCK_K, BLOCK_D] tile, zero where masked."""
+    return tl.load(
+        table_ptr + rows[:, None] * d + cols[None, :],
+        mask=j_mask[:, None] & col_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+
+
+@triton.jit
 def _gather_sum_kernel(
     idx_ptr, val_ptr, table_ptr, bias_ptr, out_ptr, k, d,
     HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -31,11 +41,7 @@ def _gather_sum_kernel(
         j_mask = js < k
         rows = tl.load(idx_ptr + b * k + js, mask=j_mask, other=0)
         vals = tl.load(val_ptr + b * k + js, mask=j_mask, other=0.0).to(tl.float32)
-        tile = tl.load(
-            table_ptr + rows[:, None] * d + cols[None, :],
-            mask=j_mask[:, None] & col_mask[None, :],
-            other=0.0,
-        ).to(tl.float32)
+        tile = _load_rows(table_ptr, rows, j_mask, cols, col_mask, d)
         acc += tl.sum(vals[:, None] * tile, axis=0)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
@@ -57,11 +63,7 @@ def _gather_dot_kernel(
         cols = c0 + tl.arange(0, BLOCK_D)
         col_mask = cols < d
         v = tl.load(vec_ptr + b * d + cols, mask=col_mask, other=0.0).to(tl.float32)
-        tile = tl.load(
-            table_ptr + rows[:, None] * d + cols[None, :],
-            mask=j_mask[:, None] & col_mask[None, :],
-            other=0.0,
-        ).to(tl.float32)
+        tile = _load_rows(table_ptr, rows, j_mask, cols, col_mask, d)
         acc += tl.sum(tile * v[None, :], axis=1)
     tl.store(out_ptr + b * k + js, acc, mask=j_mask)
 
