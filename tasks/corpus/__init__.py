@@ -1,0 +1,1 @@
+"""arXiv metadata in, validated corpus parts out: readers, harvesters, validation, storage."""

@@ -1,0 +1,1 @@
+"""Embedders and incremental, sharded embedding of the corpus."""
