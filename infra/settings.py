@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,32 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where training runs; auto picks CUDA when present."
     )
+    s3_endpoint_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("SAE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+        description="S3-compatible endpoint (MinIO, moto); empty means AWS. Keys come from "
+        "the AWS environment or credential chain, never from here.",
+    )
+    ray_address: str = Field(
+        default="",
+        validation_alias=AliasChoices("SAE_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="A Ray cluster to join; empty starts a local Ray on 127.0.0.1 for the run.",
+    )
+    embedder: str = Field(
+        default="minilm",
+        description="'minilm' (bundled, offline), 'st:<model>' or 'openai:<model>'.",
+    )
+    embed_shard_size: int = Field(
+        default=1024, gt=0, description="Papers per embedding shard (one Ray task each)."
+    )
+    embed_gpus: float = Field(
+        default=1.0, gt=0, le=8, description="GPU share of one embedding shard task on a GPU."
+    )
+    harvest_api_url: str = Field(default="https://export.arxiv.org/api/query")
+    harvest_oai_url: str = Field(default="https://oaipmh.arxiv.org/oai")
+    harvest_min_interval_s: float = Field(
+        default=3.0, ge=0, description="arXiv's terms: one request every 3 seconds."
+    )
 
     @field_validator("home")
     @classmethod
@@ -45,6 +71,12 @@ class Settings(BaseSettings):
     @property
     def store_is_local(self) -> bool:
         return "://" not in self.store or self.store.startswith("file://")
+
+    def storage_options(self) -> dict:
+        """fsspec options for the store (endpoint only: credentials stay in the AWS chain)."""
+        if self.store_is_local or not self.s3_endpoint_url:
+            return {}
+        return {"client_kwargs": {"endpoint_url": self.s3_endpoint_url}}
 
     def torch_device(self) -> str:
         if self.device != "auto":

@@ -37,3 +37,38 @@ def arxiv_data() -> Path:
     if not (path / "fixtures").is_dir():
         pytest.skip(f"arXiv sample not found at {path}; set SAE_ARXIV_DATA")
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server (moto) on 127.0.0.1, shared by the session."""
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ.setdefault(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_store_root(s3_endpoint, monkeypatch):
+    """An empty bucket; SAE_STORE and SAE_S3_ENDPOINT_URL point at it. Returns the root URI."""
+    import urllib.request
+
+    import boto3
+    import s3fs
+
+    urllib.request.urlopen(urllib.request.Request(f"{s3_endpoint}/moto-api/reset", method="POST"))
+    s3fs.S3FileSystem.clear_instance_cache()
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="sae-test")
+    root = "s3://sae-test/store"
+    monkeypatch.setenv("SAE_STORE", root)
+    monkeypatch.setenv("SAE_S3_ENDPOINT_URL", s3_endpoint)
+    return root

@@ -1,0 +1,78 @@
+"""The store behaves the same on a local folder and on S3 (a real moto server)."""
+
+import os
+
+import polars as pl
+import pytest
+
+from infra.settings import get_settings
+from infra.store import Store, StoreError
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return Store(str(tmp_path / "store"))
+    request.getfixturevalue("s3_store_root")
+    return Store.from_settings(get_settings())
+
+
+def test_round_trips_bytes_json_and_parquet(store):
+    store.write_bytes("a/b.bin", b"\x00\x01")
+    assert store.read_bytes("a/b.bin") == b"\x00\x01"
+    store.write_json("w/x.json", {"newest": "2026-01-02"})
+    assert store.read_json("w/x.json") == {"newest": "2026-01-02"}
+    df = pl.DataFrame({"id": ["1", "2"], "v": pl.Series([[1.0, 2.0], [3.0, 4.0]])}).cast(
+        {"v": pl.Array(pl.Float32, 2)}
+    )
+    store.write_parquet("t/part-1.parquet", df)
+    assert store.read_parquet("t/part-1.parquet").equals(df)
+
+
+def test_lists_parts_sorted_and_ignores_other_names(store):
+    for name in ("part-2.parquet", "part-1.parquet", "_manifest.parquet", "notes.txt"):
+        store.write_bytes(f"d/{name}", b"x")
+    assert store.list("d") == ["d/part-1.parquet", "d/part-2.parquet"]
+    assert store.list("missing") == []
+
+
+def test_missing_file_is_file_not_found(store):
+    with pytest.raises(FileNotFoundError):
+        store.read_bytes("nope.json")
+    assert not store.exists("nope.json")
+
+
+def test_overwrite_replaces_whole_file(store):
+    store.write_bytes("f.bin", b"old contents, longer")
+    store.write_bytes("f.bin", b"new")
+    assert store.read_bytes("f.bin") == b"new"
+
+
+def test_local_write_leaves_no_temporary_files_on_failure(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+
+    def broken_replace(src, dst):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(StoreError, match="disk went away"):
+        store.write_bytes("d/part-1.parquet", b"data")
+    assert os.listdir(tmp_path / "d") == []
+
+
+def test_unwritable_local_store_is_named(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    store = Store(str(tmp_path / "file" / "store"))
+    with pytest.raises(StoreError, match=r"cannot write .*file/store"):
+        store.check_writable()
+
+
+def test_s3_bucket_that_does_not_exist_is_named(s3_store_root, s3_endpoint):
+    store = Store("s3://no-such-bucket/x", {"client_kwargs": {"endpoint_url": s3_endpoint}})
+    with pytest.raises(StoreError, match="no-such-bucket"):
+        store.check_writable()
+
+
+def test_repr_never_shows_storage_options():
+    store = Store("s3://b/p", {"key": "AKIASECRET", "secret": "hunter2"})
+    assert "SECRET" not in repr(store) and "hunter2" not in repr(store)
