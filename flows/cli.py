@@ -188,6 +188,189 @@ def results_table(results) -> str:
     return "\n".join(lines)
 
 
+def _setup_logging() -> None:
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("tasks", "infra", "flows"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            logger.addHandler(handler)
+
+
+def _fail(exc: Exception, code: int = 2):
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code)
+
+
+def _store_and_domain(domain: str):
+    from infra.settings import get_settings
+    from infra.store import Store
+    from tasks.corpus.domains import get_domain
+
+    settings = get_settings()
+    return settings, Store.from_settings(settings), get_domain(domain)
+
+
+_DOMAIN_HELP = "cs.LG or astro-ph (or their folder names cs_lg, astro_ph)."
+
+
+@app.command()
+def ingest(
+    domain: Annotated[str, typer.Argument(help=_DOMAIN_HELP)],
+    source: Annotated[str, typer.Argument(help="A file or folder of arXiv metadata.")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="jsonl, kaggle, hf-parquet, atom or oai; detected when omitted."
+        ),
+    ] = "",
+    limit: Annotated[int, typer.Option(help="Read at most this many records (0: all).")] = 0,
+) -> None:
+    """Validate arXiv metadata into the corpus of DOMAIN; rejected records go to quarantine.
+
+    Exits 0 when the input was read (even if records were rejected: see the quarantine),
+    1 when it was only partly readable (e.g. a truncated gzip; what was read is kept),
+    2 when it could not be read at all.
+    """
+    from infra.store import StoreError
+    from tasks.corpus.domains import UnknownDomainError
+    from tasks.corpus.ingest import ingest_source
+    from tasks.corpus.readers import SourceError
+
+    _setup_logging()
+    try:
+        _, store, dom = _store_and_domain(domain)
+        report = ingest_source(store, dom, source, format or None, limit or None)
+    except (UnknownDomainError, SourceError, StoreError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(report.summary())
+    for problem in report.input_errors:
+        typer.echo(f"warning: input only partly readable: {problem}", err=True)
+    if report.input_errors:
+        raise typer.Exit(1)
+
+
+def _date(value: str, option: str):
+    from datetime import date
+
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes YYYY-MM-DD, got {value!r}") from None
+
+
+@app.command()
+def harvest(
+    domain: Annotated[str, typer.Argument(help=_DOMAIN_HELP)],
+    since: Annotated[
+        str, typer.Option(help="YYYY-MM-DD; default: the domain's watermark (less 2 days).")
+    ] = "",
+    until: Annotated[str, typer.Option(help="YYYY-MM-DD; default: today (UTC).")] = "",
+    source: Annotated[str, typer.Option(help="'api' (arXiv API) or 'oai' (OAI-PMH).")] = "api",
+    limit: Annotated[int, typer.Option(help="Stop after this many records (0: all).")] = 0,
+) -> None:
+    """Fetch new arXiv papers of DOMAIN into the corpus and move its watermark.
+
+    At most one request every SAE_HARVEST_MIN_INTERVAL_S seconds (arXiv's terms: 3).
+    """
+    from infra.store import StoreError
+    from tasks.corpus.domains import UnknownDomainError
+    from tasks.corpus.harvest import HarvestConfig, HarvestError, HarvestStats
+    from tasks.corpus.ingest import harvest as run_harvest
+    from tasks.corpus.storage import WatermarkError
+
+    _setup_logging()
+    if source not in ("api", "oai"):
+        raise typer.BadParameter(f"--source takes 'api' or 'oai', got {source!r}")
+    stats = HarvestStats()
+    try:
+        settings, store, dom = _store_and_domain(domain)
+        config = HarvestConfig(
+            api_url=settings.harvest_api_url,
+            oai_url=settings.harvest_oai_url,
+            min_interval_s=settings.harvest_min_interval_s,
+        )
+        report = run_harvest(
+            store,
+            dom,
+            since=_date(since, "--since"),
+            until=_date(until, "--until"),
+            source=source,
+            config=config,
+            limit=limit or None,
+            stats=stats,
+        )
+    except (UnknownDomainError, HarvestError, StoreError, WatermarkError, ValueError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(report.summary())
+    typer.echo(f"  {stats.requests} request(s), {stats.retries} retried")
+    if report.watermark:
+        typer.echo(f"  watermark: {report.watermark}")
+
+
+@app.command()
+def embed(
+    domain: Annotated[str, typer.Argument(help=_DOMAIN_HELP)],
+    embedder: Annotated[
+        str, typer.Option(help="minilm, st:<model> or openai:<model>; default SAE_EMBEDDER.")
+    ] = "",
+    limit: Annotated[int, typer.Option(help="Embed at most this many new papers (0: all).")] = 0,
+) -> None:
+    """Embed the papers of DOMAIN that have no embedding yet (one Ray task per shard)."""
+    from tqdm import tqdm
+
+    from infra.ray_runtime import RayUnavailableError
+    from infra.store import StoreError
+    from tasks.corpus.domains import UnknownDomainError
+    from tasks.embed.embedders import EmbedderError
+    from tasks.embed.manifest import EmbeddingStoreError
+    from tasks.embed.run import EmbedFailedError, EmptyCorpusError, embed_domain
+
+    _setup_logging()
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="paper", desc="embedding", disable=None)
+        bar.update(done - bar.n)
+
+    try:
+        settings, store, dom = _store_and_domain(domain)
+        report = embed_domain(
+            store,
+            dom,
+            settings=settings,
+            spec=embedder or None,
+            limit=limit or None,
+            on_progress=on_progress,
+        )
+    except (
+        UnknownDomainError,
+        StoreError,
+        EmptyCorpusError,
+        EmbedderError,
+        EmbeddingStoreError,
+        EmbedFailedError,
+        RayUnavailableError,
+    ) as exc:
+        raise _fail(exc) from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    typer.echo(
+        f"{report.domain} / {report.embedder}: {report.embedded} embedded in "
+        f"{report.seconds:.1f} s ({report.rate:.1f} abstracts/s), {report.already} already "
+        f"embedded, {report.remaining} left, {report.papers} papers in the corpus"
+    )
+    typer.echo(f"  vectors: {report.namespace}")
+
+
 def _load_matrix(data: str, limit: int, seed: int):
     import numpy as np
     import torch
