@@ -1,0 +1,96 @@
+"""`sae harvest` against a local arXiv stand-in: papers in, watermark moved, errors named."""
+
+from datetime import UTC, date, datetime
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from infra.settings import get_settings
+from infra.store import Store
+from tasks.corpus.domains import get_domain
+from tasks.corpus.storage import read_papers, read_watermark
+from tests.tasks.arxiv_server import ArxivServer, Paper, Reply, oai_raw_record
+
+runner = CliRunner()
+CS = get_domain("cs.LG")
+ABSTRACT = "We study sparse autoencoders trained on dense text embeddings of abstracts. " * 3
+
+
+def paper(i: int, day: int) -> Paper:
+    return Paper(
+        f"2601.{i:05d}",
+        title=f"Paper number {i}",
+        abstract=ABSTRACT,
+        submitted=datetime(2026, 1, day, 9, 0, tzinfo=UTC),
+    )
+
+
+@pytest.fixture
+def server(monkeypatch):
+    with ArxivServer() as running:
+        monkeypatch.setenv("SAE_HARVEST_API_URL", running.api_url)
+        monkeypatch.setenv("SAE_HARVEST_OAI_URL", running.oai_url)
+        monkeypatch.setenv("SAE_HARVEST_MIN_INTERVAL_S", "0.02")
+        yield running
+
+
+def store():
+    return Store.from_settings(get_settings())
+
+
+def test_api_harvest_fills_the_corpus_and_moves_the_watermark(server):
+    server.api_entries = [paper(i, 5 + i % 3) for i in range(5)]
+    args = ["harvest", "cs.LG", "--since", "2026-01-05", "--until", "2026-01-08"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "5 accepted, 0 duplicate, 0 rejected" in result.output
+    assert read_papers(store(), CS)["id"].to_list() == [f"2601.{i:05d}" for i in range(5)]
+    assert read_watermark(store(), CS).newest == date(2026, 1, 7)
+
+    # The next run starts from the watermark (less the overlap) and adds only what is new.
+    server.api_entries.append(paper(9, 8))
+    again = runner.invoke(app, ["harvest", "cs.LG", "--until", "2026-01-09"])
+    assert again.exit_code == 0, again.output
+    assert "1 accepted, 5 duplicate" in again.output
+    assert (
+        "submittedDate:[202601050000 TO 202601092359]" in server.requests[-1].query["search_query"]
+    )
+    assert read_watermark(store(), CS).newest == date(2026, 1, 8)
+
+
+def test_oai_harvest_keeps_only_papers_first_submitted_in_the_window(server):
+    new = paper(1, 6)
+    revised = Paper(
+        "2512.00002",
+        title="An old paper revised",
+        abstract=ABSTRACT,
+        submitted=datetime(2025, 12, 1, tzinfo=UTC),
+        versions=2,
+        revised=datetime(2026, 1, 6, tzinfo=UTC),
+    )
+    server.oai_pages = [[oai_raw_record(new)], [oai_raw_record(revised)]]
+    args = ["harvest", "cs.LG", "--since", "2026-01-06", "--until", "2026-01-06"]
+    result = runner.invoke(app, [*args, "--source", "oai"])
+    assert result.exit_code == 0, result.output
+    assert "1 accepted" in result.output
+    assert read_papers(store(), CS)["id"].to_list() == ["2601.00001"]
+    assert len(server.requests) == 2  # followed the resumption token
+
+
+def test_a_refused_query_exits_2_and_leaves_the_watermark(server):
+    server.fail(Reply.error(400, body=b"bad query"))
+    args = ["harvest", "cs.LG", "--since", "2026-01-05", "--until", "2026-01-06"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "400" in result.output and server.api_url in result.output
+    assert read_watermark(store(), CS) is None
+
+
+def test_since_after_until_is_refused(server):
+    result = runner.invoke(
+        app, ["harvest", "cs.LG", "--since", "2026-02-01", "--until", "2026-01-01"]
+    )
+    assert result.exit_code == 2
+    assert "after" in result.output
+    assert server.requests == []
