@@ -232,7 +232,8 @@ def ingest(
     """Validate arXiv metadata into the corpus of DOMAIN; rejected records go to quarantine.
 
     Exits 0 when the input was read (even if records were rejected: see the quarantine),
-    1 when it was only partly readable (e.g. a truncated gzip; what was read is kept),
+    1 when the input itself was damaged (a truncated gzip, an API error feed; what could
+    be read is kept),
     2 when it could not be read at all.
     """
     from infra.store import StoreError
@@ -248,7 +249,7 @@ def ingest(
         raise _fail(exc) from exc
     typer.echo(report.summary())
     for problem in report.input_errors:
-        typer.echo(f"warning: input only partly readable: {problem}", err=True)
+        typer.echo(f"warning: the input itself is damaged: {problem}", err=True)
     if report.input_errors:
         raise typer.Exit(1)
 

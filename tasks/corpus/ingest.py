@@ -62,11 +62,10 @@ def ingest_records(
     # papers as duplicates and writes the quarantine then; nothing is counted twice.
     papers_uri = write_papers(store, domain, result.papers)
     quarantine_uri = write_quarantine(store, domain, result.quarantine)
-    input_errors = [
-        r
-        for r in result.quarantine.filter(result.quarantine["id"].is_null())["reason"].to_list()
-        if r.startswith("truncated input")
-    ]
+    # Readers report problems with the input as a whole (a cut stream, an error feed)
+    # at these locations rather than at a record's.
+    whole = result.quarantine.filter(result.quarantine["location"].is_in(["end of input", "feed"]))
+    input_errors = whole["reason"].to_list()
     newest = result.papers["published"].max() if result.papers.height else None
     report = IngestReport(
         domain=domain.name,

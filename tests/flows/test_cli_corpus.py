@@ -63,7 +63,7 @@ def test_truncated_gzip_keeps_what_was_read_and_exits_1(tmp_path, arxiv_data):
     path.write_bytes(data[:200_000])
     result = runner.invoke(app, ["ingest", "cs.LG", str(path)])
     assert result.exit_code == 1, result.output
-    assert "partly readable" in result.output
+    assert "input itself is damaged" in result.output
     papers, quarantine = corpus()
     assert papers.height > 100
     assert quarantine["reason"].str.starts_with("truncated input").sum() == 1
@@ -101,3 +101,38 @@ def test_ingest_into_s3(s3_store_root, arxiv_data):
     papers, _ = corpus()
     assert papers.height == 40
     assert papers.schema["categories"] == pl.List(pl.String)
+
+
+@pytest.mark.parametrize(
+    "fixture, domain, accepted",
+    [
+        ("arxiv_api_atom_2026-07-17_all-nicotine.xml", "cs.LG", None),
+        ("arxiv_api_atom_legacy_2025-10-17_cs.RO.xml", "cs.LG", None),
+        ("oaipmh_listrecords_arXiv_physics-plasm-ph_2026-01-05.xml", "astro-ph", None),
+        ("daily_arxiv_listing_astro-ph_2025-10-14.head5.jsonl", "astro-ph", 5),
+        ("kaggle_arxiv-metadata-oai-snapshot.head200.json", "astro-ph", 22),
+    ],
+)
+def test_every_fixture_format_ingests(fixture, domain, accepted, arxiv_data):
+    result = runner.invoke(app, ["ingest", domain, str(arxiv_data / "fixtures" / fixture)])
+    assert result.exit_code == 0, result.output
+    counts = result.output.split(":", 1)[1]
+    read = int(counts.split("(of ")[1].split()[0])
+    assert read > 0
+    if accepted is not None:
+        assert f" {accepted} accepted" in counts
+
+
+def test_an_atom_error_feed_is_quarantined_and_exits_1(tmp_path):
+    feed = tmp_path / "error.xml"
+    feed.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<feed xmlns="http://www.w3.org/2005/Atom"><id>https://arxiv.org/api/x</id>'
+        "<entry><id>https://arxiv.org/api/errors#incorrect_id_format_for_1234</id>"
+        "<title>Error</title><summary>incorrect id format for 1234</summary></entry></feed>"
+    )
+    result = runner.invoke(app, ["ingest", "cs.LG", str(feed)])
+    assert result.exit_code == 1, result.output
+    assert "incorrect id format for 1234" in result.output
+    _, quarantine = corpus()
+    assert quarantine["location"].to_list() == ["feed"]
