@@ -16,6 +16,7 @@ test: install
 
 bench: install
 	$(VENV)/bin/python -m sae.bench
+	$(VENV)/bin/python -m tasks.embed.bench --n 1000 --repeats 3
 
 # Re-resolve requirements.lock after changing pyproject.toml.
 lock:

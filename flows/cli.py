@@ -365,9 +365,10 @@ def embed(
         if bar is not None:
             bar.close()
     typer.echo(
-        f"{report.domain} / {report.embedder}: {report.embedded} embedded in "
-        f"{report.seconds:.1f} s ({report.rate:.1f} abstracts/s), {report.already} already "
-        f"embedded, {report.remaining} left, {report.papers} papers in the corpus"
+        f"{report.domain} / {report.embedder}: {report.embedded} embedded "
+        f"({report.rate:.1f} abstracts/s over {report.embed_seconds:.1f} s of shards, "
+        f"{report.seconds:.1f} s in all), {report.already} already embedded, "
+        f"{report.remaining} left, {report.papers} papers in the corpus"
     )
     typer.echo(f"  vectors: {report.namespace}")
 

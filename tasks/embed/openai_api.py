@@ -1,0 +1,289 @@
+"""An OpenAI-compatible ``/v1/embeddings`` endpoint as an :class:`Embedder`.
+
+Works with OpenAI and with servers that speak its embeddings API (vLLM, TEI, LiteLLM, ...).
+
+- Base URL: the ``api_base`` option, else ``$SAE_EMBED_API_BASE``, else
+  ``https://api.openai.com/v1``. Key: ``$SAE_EMBED_API_KEY``, else ``$OPENAI_API_KEY``; it is
+  sent only in the ``Authorization`` header, and never logged, shown in ``repr`` or put in an
+  error message (server messages are scrubbed of it).
+- Texts go ``batch_size`` (default 256) to a request; ``data[i].index`` puts the vectors back
+  in input order.
+- Connection errors, timeouts, 408, 429 and 5xx are retried ``max_retries`` times with
+  exponential backoff (with jitter), or after the wait the server's ``Retry-After`` /
+  ``retry-after-ms`` asks for; both capped at ``max_backoff_s``. 401/403 and other 4xx fail
+  at once with the server's message.
+- ``dimensions`` is passed through (models that can shorten their vectors); the expected
+  ``dim`` comes from the ``dim`` option, ``dimensions``, a table of OpenAI's models, or else
+  the first response. Wrong counts, dims, or non-finite values end in EmbedderError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import numpy as np
+
+from tasks.embed.embedders import (
+    EmbedderError,
+    check_texts,
+    check_vectors,
+    openai_name,
+    storage_name,
+)
+
+log = logging.getLogger("tasks.embed.openai_api")
+
+DEFAULT_API_BASE = "https://api.openai.com/v1"
+KEY_ENVS = ("SAE_EMBED_API_KEY", "OPENAI_API_KEY")
+#: Output sizes of OpenAI's models (without ``dimensions``).
+KNOWN_DIMS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+#: OpenAI's embedding models take at most this many tokens per input.
+OPENAI_MAX_TOKENS = 8191
+_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*.]{3,}")
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    """The wait the server asks for: ``retry-after-ms``, or ``Retry-After`` (seconds or a date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class OpenAIEmbedder:
+    """Embeddings from an OpenAI-compatible endpoint; see the module docstring."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        name: str | None = None,
+        api_base: str | None = None,
+        dim: int | None = None,
+        dimensions: int | None = None,
+        batch_size: int | None = None,
+        max_tokens: int = OPENAI_MAX_TOKENS,
+        max_retries: int = 6,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        timeout_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.model = model
+        self.name = storage_name(name) if name else openai_name(model, dimensions)
+        base = api_base or os.environ.get("SAE_EMBED_API_BASE") or DEFAULT_API_BASE
+        if not base.startswith(("http://", "https://")):
+            raise EmbedderError(f"{self.name}: api_base must be an http(s) URL, got {base!r}")
+        self.api_base = base.rstrip("/")
+        self.url = f"{self.api_base}/embeddings"
+        if dimensions is not None and dimensions < 1:
+            raise EmbedderError(f"{self.name}: dimensions must be >= 1, got {dimensions}")
+        if dim is not None and dimensions is not None and dim != dimensions:
+            raise EmbedderError(f"{self.name}: dim={dim} contradicts dimensions={dimensions}")
+        self.dimensions = dimensions
+        self._dim = dim or dimensions or KNOWN_DIMS.get(model)
+        self.batch_size = batch_size or 256
+        if self.batch_size < 1:
+            raise EmbedderError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
+        if max_retries < 0:
+            raise EmbedderError(f"{self.name}: max_retries must be >= 0, got {max_retries}")
+        self.max_tokens = max_tokens
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.timeout_s = timeout_s
+        self._sleep = sleep
+        self.__key = next((os.environ[e] for e in KEY_ENVS if os.environ.get(e, "").strip()), "")
+        self.__key = self.__key.strip()
+        if not self.__key:
+            raise EmbedderError(
+                f"{self.name}: no API key: set OPENAI_API_KEY (or SAE_EMBED_API_KEY; any "
+                "non-empty value for a server that needs none)"
+            )
+        self._client: httpx.Client | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIEmbedder(name={self.name!r}, model={self.model!r}, "
+            f"api_base={self.api_base!r}, batch_size={self.batch_size})"
+        )
+
+    @property
+    def dim(self) -> int:
+        """The vector size; when not known up front, one small request finds it out."""
+        if self._dim is None:
+            self._embed_batch(["dimension probe"])
+        assert self._dim is not None
+        return self._dim
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> OpenAIEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """shape: [len(texts), dim], float32, unit rows; ``batch_size`` texts per request."""
+        items = check_texts(texts, self.name)
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [
+            self._embed_batch(items[start : start + self.batch_size])
+            for start in range(0, len(items), self.batch_size)
+        ]
+        return check_vectors(np.concatenate(parts), len(items), self.dim, self.name)
+
+    def _embed_batch(self, batch: list[str]) -> np.ndarray:
+        """One request's vectors in input order, shape: [len(batch), dim] (not yet normalised)."""
+        body: dict[str, Any] = {"model": self.model, "input": batch}
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        payload = self._post(body)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise EmbedderError(f"{self.name}: {self.url}: the response has no 'data' list")
+        if len(data) != len(batch):
+            raise EmbedderError(
+                f"{self.name}: {self.url}: sent {len(batch)} inputs, got {len(data)} vectors"
+            )
+        vectors = [item.get("embedding") if isinstance(item, dict) else None for item in data]
+        indices = [item.get("index") if isinstance(item, dict) else None for item in data]
+        if any(i is not None for i in indices):
+            if sorted(i for i in indices if isinstance(i, int)) != list(range(len(batch))):
+                raise EmbedderError(
+                    f"{self.name}: {self.url}: the response's indices are not 0..{len(batch) - 1}"
+                )
+            vectors = [v for _, v in sorted(zip(indices, vectors, strict=True))]
+        if not all(isinstance(v, list) for v in vectors):
+            raise EmbedderError(
+                f"{self.name}: {self.url}: an embedding is not a list of floats "
+                "(a base64 encoding_format is not supported)"
+            )
+        lengths = {len(v) for v in vectors}
+        if len(lengths) != 1:
+            raise EmbedderError(
+                f"{self.name}: {self.url}: vectors of different lengths {sorted(lengths)}"
+            )
+        if self._dim is None:
+            self._dim = lengths.pop()
+            log.info("%s: dimension %d, from the first response", self.name, self._dim)
+        try:
+            arr = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError):
+            msg = f"{self.name}: {self.url}: non-numeric values in a vector"
+            raise EmbedderError(msg) from None
+        if arr.shape[1] != self._dim:
+            raise EmbedderError(
+                f"{self.name}: {self.url}: expected dimension {self._dim}, got {arr.shape[1]}"
+            )
+        return arr
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        """The JSON of a 200 response, after retries; EmbedderError otherwise."""
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout_s)
+        headers = {"Authorization": f"Bearer {self.__key}"}
+        attempts = self.max_retries + 1
+        last = "no attempt"
+        for attempt in range(attempts):
+            hint = None
+            try:
+                response = self._client.post(self.url, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                last = self._scrub(f"{type(exc).__name__}: {exc}")
+            else:
+                status = response.status_code
+                if status == 200:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise EmbedderError(
+                            f"{self.name}: {self.url}: the response is not JSON: "
+                            f"{self._message(response)}"
+                        ) from None
+                if status in (401, 403):
+                    raise EmbedderError(
+                        f"{self.name}: {self.url}: HTTP {status}: the server refused the key; "
+                        f"check OPENAI_API_KEY (or SAE_EMBED_API_KEY): {self._message(response)}"
+                    )
+                if not _retryable(status):
+                    raise EmbedderError(
+                        f"{self.name}: {self.url}: HTTP {status}: {self._message(response)}"
+                    )
+                last = f"HTTP {status}: {self._message(response)}"
+                hint = retry_after_seconds(response.headers)
+            if attempt + 1 < attempts:
+                delay = hint
+                if delay is None:
+                    delay = self.backoff_s * 2**attempt * random.uniform(0.5, 1.0)
+                delay = min(delay, self.max_backoff_s)
+                log.warning(
+                    "%s: %s; retry %d of %d in %.1f s",
+                    self.name,
+                    last,
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
+                self._sleep(delay)
+        raise EmbedderError(
+            f"{self.name}: {self.url}: gave up after {attempts} attempts; last failure: {last}"
+        )
+
+    def _message(self, response: httpx.Response, limit: int = 300) -> str:
+        """The server's error message (OpenAI's ``error.message``, else the body's start)."""
+        text = ""
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            error = payload.get("error")
+            if isinstance(error, dict) and error.get("message"):
+                text = str(error["message"])
+            elif isinstance(error, str):
+                text = error
+        if not text:
+            text = response.content[:limit].decode("utf-8", "replace")
+        text = " ".join(text.split())[:limit]
+        return self._scrub(text) or "(empty body)"
+
+    def _scrub(self, text: str) -> str:
+        if self.__key:
+            text = text.replace(self.__key, "***")
+        return _KEY_LIKE.sub("sk-***", text)
