@@ -39,21 +39,20 @@ def _part_name(df: pl.DataFrame, key_column: str) -> str:
     return f"part-{stamp}-{digest}.parquet"
 
 
+def _write_part(store: Store, folder: str, df: pl.DataFrame, schema: dict, key: str) -> str | None:
+    if df.is_empty():
+        return None
+    df = df.select(list(schema)).cast(schema)
+    return store.write_parquet(f"{folder}/{_part_name(df, key)}", df)
+
+
 def write_papers(store: Store, domain: Domain, papers: pl.DataFrame) -> str | None:
     """Adds one part; returns its URI, or None when there is nothing to write."""
-    if papers.is_empty():
-        return None
-    papers = papers.select(list(PAPER_SCHEMA)).cast(PAPER_SCHEMA)
-    rel = f"{corpus_dir(domain)}/{_part_name(papers, 'id')}"
-    return store.write_parquet(rel, papers)
+    return _write_part(store, corpus_dir(domain), papers, PAPER_SCHEMA, "id")
 
 
 def write_quarantine(store: Store, domain: Domain, rejected: pl.DataFrame) -> str | None:
-    if rejected.is_empty():
-        return None
-    rejected = rejected.select(list(QUARANTINE_SCHEMA)).cast(QUARANTINE_SCHEMA)
-    rel = f"{quarantine_dir(domain)}/{_part_name(rejected, 'raw')}"
-    return store.write_parquet(rel, rejected)
+    return _write_part(store, quarantine_dir(domain), rejected, QUARANTINE_SCHEMA, "raw")
 
 
 def _read_parts(store: Store, folder: str, schema: dict) -> pl.DataFrame:

@@ -189,7 +189,33 @@ def _check_mean_pool_layout(path: Path) -> None:
                 raise EmbedderError(f"{path}: pooling is not mean pooling; use 'st:{path}'")
 
 
-class MeanPoolEmbedder:
+class _LocalEmbedder:
+    """What both local embedders report about how they run (their ``runtime``)."""
+
+    name: str
+    batch_size: int
+    runtime: _TorchRuntime
+
+    @property
+    def precision(self) -> str:
+        return self.runtime.precision
+
+    @property
+    def device(self) -> str:
+        return str(self.runtime.device)
+
+    @property
+    def threads(self) -> int:
+        return self.runtime.threads
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, device={self.device!r}, "
+            f"precision={self.precision!r}, batch_size={self.batch_size})"
+        )
+
+
+class MeanPoolEmbedder(_LocalEmbedder):
     """A Hugging Face encoder + mean pooling + L2 norm, run directly (no sentence-transformers).
 
     ``model_path`` is a local folder with the model and tokenizer files (a sentence-transformers
@@ -249,24 +275,6 @@ class MeanPoolEmbedder:
             self.max_tokens,
         )
 
-    @property
-    def precision(self) -> str:
-        return self.runtime.precision
-
-    @property
-    def device(self) -> str:
-        return str(self.runtime.device)
-
-    @property
-    def threads(self) -> int:
-        return self.runtime.threads
-
-    def __repr__(self) -> str:
-        return (
-            f"MeanPoolEmbedder(name={self.name!r}, device={self.device!r}, "
-            f"precision={self.precision!r}, batch_size={self.batch_size})"
-        )
-
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """shape: [len(texts), dim], float32, unit rows; longest texts are cut at max_tokens."""
         items = check_texts(texts, self.name)
@@ -309,7 +317,7 @@ class MeanPoolEmbedder:
         return pooled_BD.cpu().numpy()
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(_LocalEmbedder):
     """Any sentence-transformers model, via its own ``encode``, with our precision and threads.
 
     ``model`` is a local folder or a Hugging Face hub name (offline unless the hub is
@@ -344,24 +352,6 @@ class SentenceTransformerEmbedder:
         )
         self.dim = int(get_dim())
         self.max_tokens = int(self.model.max_seq_length)
-
-    @property
-    def precision(self) -> str:
-        return self.runtime.precision
-
-    @property
-    def device(self) -> str:
-        return str(self.runtime.device)
-
-    @property
-    def threads(self) -> int:
-        return self.runtime.threads
-
-    def __repr__(self) -> str:
-        return (
-            f"SentenceTransformerEmbedder(name={self.name!r}, device={self.device!r}, "
-            f"precision={self.precision!r}, batch_size={self.batch_size})"
-        )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """shape: [len(texts), dim], float32, unit rows."""
