@@ -56,10 +56,8 @@ def info() -> None:
     rows += [
         ("device", device),
         ("kernels", f"{backend.name} ({backend.reason})"),
-        ("SAE_HOME", str(settings.home)),
-        ("SAE_STORE", settings.store),
-        ("SAE_DEVICE", settings.device),
     ]
+    rows += list(settings.effective().items())
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")

@@ -6,6 +6,7 @@ are needed, so two processes with different ``SAE_HOME`` never share state.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +40,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SAE_RAY_ADDRESS", "RAY_ADDRESS"),
         description="A Ray cluster to join; empty starts a local Ray on 127.0.0.1 for the run.",
     )
+    mlflow_tracking_uri: str = Field(
+        default="",
+        validation_alias=AliasChoices("SAE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="An MLflow server or database; empty means a sqlite file under SAE_HOME.",
+    )
+    prefect_api_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("SAE_PREFECT_API_URL", "PREFECT_API_URL"),
+        description="A Prefect server; empty starts a local one on 127.0.0.1 for the run.",
+    )
+    pack_gpus: float = Field(
+        default=1.0, gt=0, le=8, description="GPU share of one training pack task on a GPU."
+    )
     embedder: str = Field(
         default="minilm",
         description="'minilm' (bundled, offline), 'st:<model>' or 'openai:<model>'.",
@@ -69,6 +83,19 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def tracking_uri(self) -> str:
+        # Four slashes: sqlite wants an absolute path after "sqlite:///".
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    def effective(self) -> dict[str, str]:
+        """Every setting as ``sae info`` shows it: defaults resolved, passwords masked."""
+        values = {f"SAE_{name.upper()}": str(value) for name, value in self.model_dump().items()}
+        values["SAE_MLFLOW_TRACKING_URI"] = self.tracking_uri
+        values["SAE_PREFECT_API_URL"] = self.prefect_api_url or "(a local server for the run)"
+        values["SAE_RAY_ADDRESS"] = self.ray_address or "(a local Ray for the run)"
+        return {k: mask_url(v) for k, v in sorted(values.items())}
+
+    @property
     def store_is_local(self) -> bool:
         return "://" not in self.store or self.store.startswith("file://")
 
@@ -84,6 +111,11 @@ class Settings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def mask_url(value: str) -> str:
+    """``scheme://user:***@host/...``: URLs may carry a password (database, S3 gateway)."""
+    return re.sub(r"(://[^/:@\s]+):[^/@\s]+@", r"\1:***@", value)
 
 
 def get_settings() -> Settings:
