@@ -101,9 +101,18 @@ class Namespace:
     def read_part_keys(self, name: str) -> pl.DataFrame:
         return self.store.read_parquet(self.part_path(name), columns=["id", "text_sha"])
 
-    def load(self, ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
-        """The newest vector of each embedded id (or of ``ids``), sorted by id: [N, d] f32."""
+    def load(
+        self, ids: list[str] | None = None, *, keys: pl.DataFrame | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """The newest vector of each embedded id (or of ``ids``), sorted by id: [N, d] f32.
+
+        ``keys`` (id, text_sha) asks for the vectors of those exact texts instead, as a
+        snapshot does, so a paper revised since still gives the vector it was frozen with.
+        """
         manifest = self.read_manifest()
+        if keys is not None:
+            manifest = manifest.join(keys.select("id", "text_sha"), on=["id", "text_sha"])
+            ids = keys["id"].to_list()
         if ids is not None:
             manifest = manifest.filter(pl.col("id").is_in(ids))
         latest = manifest.sort("embedded_at").unique("id", keep="last")
