@@ -22,8 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from email.utils import parsedate_to_datetime
+from datetime import date
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ from tasks.corpus.domains import Domain
 from tasks.corpus.feeds import FeedError, OaiPage, parse_atom, parse_oai
 from tasks.corpus.records import RawRecord
 from tasks.corpus.text import parse_date
+from tasks.retry_after import retry_after_seconds
 
 log = logging.getLogger("tasks.corpus.harvest")
 
@@ -166,22 +166,6 @@ class RateLimiter:
             if delay > 0:
                 self._sleep(delay)
         self._last = self._clock()
-
-
-def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """The wait a ``Retry-After`` header asks for (delay-seconds or an HTTP date), if any."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def display_url(url: str, params: dict[str, str] | None = None) -> str:

@@ -25,7 +25,6 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -38,6 +37,7 @@ from tasks.embed.embedders import (
     openai_name,
     storage_name,
 )
+from tasks.retry_after import retry_after_seconds
 
 log = logging.getLogger("tasks.embed.openai_api")
 
@@ -58,7 +58,7 @@ def _retryable(status: int) -> bool:
     return status in (408, 429) or status >= 500
 
 
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
+def retry_after_hint(headers: httpx.Headers) -> float | None:
     """The wait the server asks for: ``retry-after-ms``, or ``Retry-After`` (seconds or a date)."""
     ms = headers.get("retry-after-ms")
     if ms:
@@ -67,17 +67,10 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
         except ValueError:
             pass
     value = (headers.get("retry-after") or "").strip()
-    if not value:
-        return None
-    try:
+    try:  # fractional seconds, which some gateways send
         return max(0.0, float(value))
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+        return retry_after_seconds(value)
 
 
 class OpenAIEmbedder:
@@ -246,7 +239,7 @@ class OpenAIEmbedder:
                         f"{self.name}: {self.url}: HTTP {status}: {self._message(response)}"
                     )
                 last = f"HTTP {status}: {self._message(response)}"
-                hint = retry_after_seconds(response.headers)
+                hint = retry_after_hint(response.headers)
             if attempt + 1 < attempts:
                 delay = hint
                 if delay is None:
