@@ -72,3 +72,14 @@ def s3_store_root(s3_endpoint, monkeypatch):
     monkeypatch.setenv("SAE_STORE", root)
     monkeypatch.setenv("SAE_S3_ENDPOINT_URL", s3_endpoint)
     return root
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request):
+    """The settings' store, once as a local folder under SAE_HOME and once on moto S3."""
+    from infra.settings import get_settings
+    from infra.store import Store
+
+    if request.param == "s3":
+        request.getfixturevalue("s3_store_root")
+    return Store.from_settings(get_settings())

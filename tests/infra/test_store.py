@@ -5,16 +5,7 @@ import os
 import polars as pl
 import pytest
 
-from infra.settings import get_settings
 from infra.store import Store, StoreError
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return Store(str(tmp_path / "store"))
-    request.getfixturevalue("s3_store_root")
-    return Store.from_settings(get_settings())
 
 
 def test_round_trips_bytes_json_and_parquet(store):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from infra.settings import get_settings
-from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.corpus.ingest import ingest_source
 from tasks.corpus.storage import read_papers
@@ -48,12 +47,10 @@ def ray_cluster(s3_endpoint, stub):
     ray.shutdown()
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request, monkeypatch, ray_cluster):
-    if request.param == "s3":
-        request.getfixturevalue("s3_store_root")
+@pytest.fixture
+def store(store, monkeypatch, ray_cluster):
     monkeypatch.setenv("SAE_EMBED_SHARD_SIZE", "8")
-    return Store.from_settings(get_settings())
+    return store
 
 
 def test_embeds_once_then_only_what_is_new(store, arxiv_data):

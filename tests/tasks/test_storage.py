@@ -6,8 +6,6 @@ from datetime import date
 import polars as pl
 import pytest
 
-from infra.settings import get_settings
-from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.corpus.records import PAPER_SCHEMA
 from tasks.corpus.storage import (
@@ -21,14 +19,6 @@ from tasks.corpus.storage import (
 )
 
 CS = get_domain("cs.LG")
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return Store(str(tmp_path / "store"))
-    request.getfixturevalue("s3_store_root")
-    return Store.from_settings(get_settings())
 
 
 def papers(*rows):
