@@ -83,3 +83,25 @@ def store(request):
     if request.param == "s3":
         request.getfixturevalue("s3_store_root")
     return Store.from_settings(get_settings())
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One real Prefect server on 127.0.0.1 for the session; returns its API URL."""
+    from infra.local_stack import start_prefect_server
+    from infra.settings import Settings
+
+    home = tmp_path_factory.mktemp("prefect_server_home")
+    server = start_prefect_server(Settings(home=home)).wait_healthy(180)
+    yield server.api_url
+    server.stop()
+
+
+@pytest.fixture
+def prefect_env(prefect_api, monkeypatch):
+    """PREFECT_API_URL points at the session's server, for this process and its children."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        yield prefect_api

@@ -1,0 +1,136 @@
+"""``sae up``, ``sae down``, ``sae ui``: the persistent local stack on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
+_S3_NOTE = """\
+# moto accepts any keys, but the AWS clients want some:
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
+# a bucket for the store, then point the store at it (and `sae down && sae up --s3` so
+# MLflow's artifact root follows):
+python -c "import boto3; boto3.client('s3', endpoint_url='{url}').create_bucket(Bucket='sae')"
+export SAE_STORE=s3://sae/store"""
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``up``, ``down`` and ``ui`` to the ``sae`` app."""
+    app.command()(up)
+    app.command()(down)
+    app.command()(ui)
+
+
+def up(
+    s3: Annotated[
+        bool, typer.Option("--s3", help="Also an S3 endpoint (moto), to try the S3 store.")
+    ] = False,
+) -> None:
+    """Start a local Prefect server and MLflow server (UI included) that stay up until `sae down`.
+
+    Already running and healthy servers are kept. Pid files in {SAE_HOME}/stack, logs in
+    {SAE_HOME}/logs. Everything listens on 127.0.0.1 only.
+    """
+    from infra.local_stack import StackError, stack_status, stack_up
+    from infra.settings import get_settings, mask_url
+
+    settings = get_settings()
+    typer.echo("starting the local stack (a first start migrates its databases: ~30 s)")
+    try:
+        urls = stack_up(settings, s3=s3)
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    status = stack_status(settings)
+    width = max(len(name) for name in urls)
+    for name, url in sorted(urls.items()):
+        ui_url = status.get(name, {}).get("ui")
+        extra = f"  (UI {ui_url})" if name == "prefect" and ui_url else ""
+        typer.echo(f"{name:<{width}}  {mask_url(url)}{extra}")
+    typer.echo(f"logs in {settings.home / 'logs'}; stop with `sae down`\n")
+    typer.echo("To use it from this shell:")
+    exports = {"prefect": "PREFECT_API_URL", "mlflow": "MLFLOW_TRACKING_URI"}
+    if s3:
+        exports["s3"] = "SAE_S3_ENDPOINT_URL"
+    for name, variable in exports.items():
+        if name in urls:
+            typer.echo(f"export {variable}={urls[name]}")
+    if s3 and "s3" in urls:
+        typer.echo(_S3_NOTE.format(url=urls["s3"]))
+
+
+def down() -> None:
+    """Stop the local stack started by `sae up`."""
+    from infra.local_stack import StackError, stack_down
+    from infra.settings import get_settings
+
+    try:
+        stopped = stack_down(get_settings())
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def ui(
+    open_: Annotated[bool, typer.Option("--open", help="Open them in a browser too.")] = False,
+) -> None:
+    """Print the addresses of the MLflow and Prefect UIs (those a run would use)."""
+    from infra.local_stack import stack_status
+    from infra.settings import get_settings, mask_url
+
+    settings = get_settings()
+    status = stack_status(settings)
+    rows = [
+        ("MLflow UI", *_mlflow_ui(settings, status)),
+        ("Prefect UI", *_prefect_ui(settings, status)),
+    ]
+    for label, url, hint in rows:
+        typer.echo(f"{label:<10}  {mask_url(url) if url else hint}")
+    if open_:
+        import webbrowser
+
+        for _, url, _ in rows:
+            if url:
+                webbrowser.open(_without_credentials(url))
+
+
+def _running(status: dict[str, dict], name: str) -> str | None:
+    record = status.get(name)
+    return record["ui"] if record and record["healthy"] else None
+
+
+def _mlflow_ui(settings: Settings, status: dict[str, dict]) -> tuple[str | None, str]:
+    uri = settings.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return uri, ""
+    running = _running(status, "mlflow")
+    if running:
+        return running, ""
+    from infra.settings import mask_url
+
+    return None, (
+        f"not running: `sae up` starts it, or `mlflow ui --backend-store-uri {mask_url(uri)}`"
+    )
+
+
+def _prefect_ui(settings: Settings, status: dict[str, dict]) -> tuple[str | None, str]:
+    url = settings.prefect_api_url.rstrip("/")
+    if url:
+        if "api.prefect.cloud" in url:
+            return "https://app.prefect.cloud", ""
+        return re.sub(r"/api$", "", url), ""
+    running = _running(status, "prefect")
+    if running:
+        return running, ""
+    # A run's own server stops with the run, so only `sae up` leaves one to look at.
+    return None, "not running: `sae up` starts it"
+
+
+def _without_credentials(url: str) -> str:
+    return re.sub(r"://[^/@\s]+@", "://", url)

@@ -1,0 +1,730 @@
+"""Local servers on 127.0.0.1: a Prefect server for one run, and the persistent ``sae up`` stack.
+
+* One run with nothing configured: :func:`prefect_for_run` gives the run a Prefect server
+  (the configured one, else the ``sae up`` one, else one it starts and stops itself) and
+  points ``PREFECT_API_URL`` at it, so Ray workers started afterwards report to that server
+  instead of each starting a temporary one. MLflow needs no server then: the sqlite file
+  under ``SAE_HOME``. :func:`check_mlflow` fails fast on an unreachable MLflow server.
+* ``sae up`` / ``sae down``: :func:`stack_up` / :func:`stack_down` keep Prefect, MLflow (and
+  optionally an S3 endpoint, moto) running between runs, recorded in ``{home}/stack/``
+  (``{name}.pid``, ``stack.json``); logs in ``{home}/logs/{name}.log``.
+
+Every server runs in its own session (process group), so stopping it stops its workers too
+(``mlflow server`` runs uvicorn as a child). Nothing happens on import; httpx and prefect
+are imported where used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from infra.settings import mask_url
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+#: Ports ``sae up`` tries first, so the exports it prints stay valid across down and up;
+#: a taken one falls back to a free port.
+DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 9000}
+#: How long a configured server gets to answer before a run gives up on it.
+CHECK_TIMEOUT_S = 5.0
+
+# Services a run's own Prefect server can do without: they serve deployments, schedules,
+# work pools, cancellation and automations, none of which a single run started from
+# the command line uses. The task run recorder stays: it is what records task runs.
+_RUN_SERVER_OFF = (
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED",
+    "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED",
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED",
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED",
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED",
+    "PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_ENABLED",
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED",
+    "PREFECT_UI_ENABLED",
+)
+
+
+class StackError(RuntimeError):
+    """A local server did not start, or a configured one cannot be reached."""
+
+
+# Processes started by this process, so stopping one also reaps it (no zombies left behind).
+_children: dict[int, subprocess.Popen] = {}
+
+
+# --- ports and processes -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # As the servers bind: a TIME_WAIT left by a stopped server does not make it taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (state, ppid, pgrp, ...); None without /proc or process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks: tells a live server from a reused pid."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat else None
+
+
+def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _children[pid]
+        return
+    # A child this process started but no longer tracks would stay a zombie otherwise.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _pid_alive(pid: int) -> bool:
+    _reap(pid)
+    if pid in _children:
+        return _children[pid].poll() is None
+    if Path("/proc").is_dir():
+        stat = _proc_stat(pid)
+        return stat is not None and stat[0] != "Z"  # a zombie has exited already
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (zombies waiting for a parent do not)."""
+    _reap(pgid)
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat and stat[0] != "Z" and int(stat[2]) == pgid:
+                return True
+    return False
+
+
+def _stop_groups(pgids: Iterable[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM to each group, SIGKILL to what is left after ``grace`` s; the groups that ran."""
+    running = [g for g in pgids if _group_alive(g)]
+    left = list(running)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pgid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [g for g in left if _group_alive(g)]
+        if not left:
+            break
+    if left:
+        log.warning("process group(s) %s still running after SIGKILL", left)
+    return running
+
+
+def _log_tail(path: Path, lines: int = 20, chars: int = 3000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = "\n".join(text.rstrip().splitlines()[-lines:])[-chars:]
+    return mask_url(tail) or "(empty log)"
+
+
+def _answers(url: str, timeout: float = 1.0) -> bool:
+    """GET ``url`` answers 200. Local servers only: no proxy from the environment."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --- one server ----------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server subprocess on 127.0.0.1, the leader of its own process group.
+
+    ``url`` is its base address (the UI), ``api_url`` what clients are given (Prefect's
+    ends in ``/api``), ``health_url`` what answers 200 once it serves.
+    """
+
+    name: str
+    url: str
+    api_url: str
+    health_url: str
+    log_path: Path
+    pid: int
+    process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def alive(self) -> bool:
+        return _pid_alive(self.pid)
+
+    def healthy(self, timeout: float = 1.0) -> bool:
+        return self.alive() and _answers(self.health_url, timeout)
+
+    def wait_healthy(self, timeout: float = 90.0) -> Server:
+        """Polls the health URL; raises StackError with the log's tail if the process exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.alive():
+                code = self.process.returncode if self.process is not None else None
+                how = f" with code {code}" if code is not None else ""
+                raise StackError(
+                    f"the {self.name} server on {self.url} exited{how} while starting; "
+                    f"the end of {self.log_path}:\n{_log_tail(self.log_path)}"
+                )
+            if _answers(self.health_url, timeout=1.0):
+                return self
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"the {self.name} server on {self.url} did not answer {self.health_url} "
+                    f"within {timeout:.0f} s; the end of {self.log_path}:\n"
+                    f"{_log_tail(self.log_path)}"
+                )
+            time.sleep(0.25)
+
+    def stop(self, grace: float = 5.0) -> bool:
+        """SIGTERM to the process group, SIGKILL after ``grace`` s; False if it had exited."""
+        stopped = bool(_stop_groups([self.pid], grace))
+        if stopped:
+            log.info("stopped the %s server on %s", self.name, self.url)
+        return stopped
+
+
+def _fresh_log(home: Path, log_name: str) -> Path:
+    """``{home}/logs/{log_name}.log``, the previous one kept as ``.log.1`` (a crash's story)."""
+    folder = home / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{log_name}.log"
+    if path.exists() and path.stat().st_size:
+        path.replace(path.with_name(path.name + ".1"))
+    return path
+
+
+def _spawn(
+    settings: Settings,
+    name: str,
+    argv: list[str],
+    *,
+    port: int,
+    env: dict[str, str],
+    health_path: str,
+    api_path: str = "",
+    log_name: str | None = None,
+) -> Server:
+    if not port_is_free(port):
+        # Checked here: a server already answering there would pass our health check.
+        raise StackError(f"port {port} on {HOST} is in use: the {name} server cannot listen there")
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = _fresh_log(home, log_name or name)
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=home,  # whatever a server writes next to itself stays under SAE_HOME
+            start_new_session=True,
+        )
+    _children[process.pid] = process
+    url = f"http://{HOST}:{port}"
+    log.info("starting the %s server on %s (log: %s)", name, url, log_path)
+    return Server(name, url, url + api_path, url + health_path, log_path, process.pid, process)
+
+
+def _server_env(**updates: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"  # the log's tail must be there when a server dies
+    env.update(updates)
+    return env
+
+
+def start_prefect_server(
+    settings: Settings,
+    port: int | None = None,
+    *,
+    persistent: bool = False,
+    database: Path | None = None,
+) -> Server:
+    """Starts ``prefect server start`` on 127.0.0.1 and returns at once (see wait_healthy).
+
+    The database is an sqlite file under ``{home}/prefect`` (``run.db`` for a run's server,
+    ``prefect.db`` for ``sae up``), reused so a later start skips the migrations. A run's
+    server (``persistent=False``) serves no UI and runs none of the scheduling services.
+    """
+    port = port or free_port()
+    prefect_home = settings.home / "prefect"
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    database = database or prefect_home / ("prefect.db" if persistent else "run.db")
+    env = _server_env(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{database}",
+    )
+    # The server must not act as a client of another server, nor take an older-named
+    # database setting over ours.
+    for name in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(name, None)
+    if not persistent:
+        env.update(dict.fromkeys(_RUN_SERVER_OFF, "false"))
+    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST]
+    argv += ["--port", str(port)]
+    return _spawn(
+        settings,
+        "prefect",
+        argv,
+        port=port,
+        env=env,
+        health_path="/api/health",
+        api_path="/api",
+        log_name="prefect" if persistent else "prefect-run",
+    )
+
+
+def local_tracking_uri(settings: Settings) -> str:
+    """The sqlite MLflow store under SAE_HOME (four slashes: an absolute path)."""
+    return f"sqlite:///{settings.home / 'mlflow.db'}"
+
+
+def start_mlflow_server(
+    settings: Settings, port: int | None = None, artifact_root: str | None = None
+) -> Server:
+    """Starts ``mlflow server`` on 127.0.0.1 over the settings' tracking store; returns at once.
+
+    An http(s) tracking URI is a server already, so the local sqlite store is served instead.
+    Artifacts go to ``artifact_root`` or ``{store}/mlflow``.
+    """
+    port = port or free_port()
+    backend = settings.tracking_uri
+    if backend.startswith(("http://", "https://")):
+        backend = local_tracking_uri(settings)
+    env = _server_env(
+        # Otherwise it forks job workers (GBs of memory) that nothing here uses.
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        # Through the environment, not argv: a database password would show in `ps`.
+        MLFLOW_BACKEND_STORE_URI=backend,
+    )
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if not settings.store_is_local and settings.s3_endpoint_url:
+        env["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    argv = [sys.executable, "-m", "mlflow", "server"]
+    argv += ["--default-artifact-root", artifact_root or f"{settings.store}/mlflow"]
+    argv += ["--host", HOST, "--port", str(port), "--workers", "1"]
+    return _spawn(settings, "mlflow", argv, port=port, env=env, health_path="/health")
+
+
+def _require_moto() -> None:
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+        raise StackError(
+            "a local S3 endpoint needs moto's server, a development dependency: "
+            "pip install 'moto[server]'"
+        )
+
+
+def start_s3_server(settings: Settings, port: int | None = None) -> Server:
+    """Starts moto's S3-protocol server on 127.0.0.1 (any keys work); returns at once."""
+    _require_moto()
+    port = port or free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)]
+    return _spawn(settings, "s3", argv, port=port, env=_server_env(), health_path="/moto-api/")
+
+
+# --- configured servers --------------------------------------------------------------------
+
+
+def _setting_name(*names: str) -> str:
+    """The variable the value came from (the first set of the aliases), for error messages."""
+    return next((n for n in names if os.environ.get(n)), names[-1])
+
+
+def _check_reachable(url: str, setting: str, what: str, headers: dict[str, str]) -> None:
+    import httpx
+
+    try:
+        response = httpx.get(url, headers=headers, timeout=CHECK_TIMEOUT_S)
+    except httpx.TimeoutException:
+        reason = f"no answer within {CHECK_TIMEOUT_S:.0f} s"
+    except httpx.HTTPError as exc:  # refused, unknown host, TLS
+        reason = str(exc) or type(exc).__name__
+    else:
+        # 401/403: a server is there; credentials are the client's business later.
+        if response.status_code < 300 or response.status_code in (401, 403):
+            return
+        reason = f"HTTP {response.status_code} from {url}"
+    raise StackError(f"cannot reach the {what} at {mask_url(url)} ({setting}): {mask_url(reason)}")
+
+
+def check_prefect(settings: Settings) -> None:
+    """A configured Prefect API URL must answer ``{url}/health`` within a few seconds."""
+    url = settings.prefect_api_url.rstrip("/")
+    if not url:
+        return
+    key = os.environ.get("PREFECT_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    setting = _setting_name("SAE_PREFECT_API_URL", "PREFECT_API_URL")
+    _check_reachable(f"{url}/health", setting, "Prefect server", headers)
+
+
+def check_mlflow(settings: Settings) -> None:
+    """An http(s) MLflow tracking URI must answer ``/health`` within a few seconds.
+
+    sqlite and file stores need no server: nothing to check.
+    """
+    uri = settings.tracking_uri.rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    setting = _setting_name("SAE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")
+    _check_reachable(f"{uri}/health", setting, "MLflow server", headers)
+
+
+# --- one run -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+@contextlib.contextmanager
+def _run_database(settings: Settings) -> Iterator[Path]:
+    """``{home}/prefect/run.db`` while this run holds it; a private file when another run does.
+
+    Two servers on one sqlite file would fight over its migrations and locks.
+    """
+    folder = settings.home / "prefect"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): share the file
+        yield folder / "run.db"
+        return
+    with open(folder / "run.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            private = folder / f"run-{os.getpid()}.db"
+            try:
+                yield private
+            finally:
+                for path in folder.glob(f"{private.name}*"):  # with its -wal and -shm
+                    path.unlink(missing_ok=True)
+            return
+        yield folder / "run.db"
+
+
+@contextlib.contextmanager
+def prefect_for_run(
+    settings: Settings,
+    *,
+    while_booting: Callable[[], object] | None = None,
+    timeout: float = 90.0,
+) -> Iterator[str]:
+    """The Prefect API URL for one run, set as ``PREFECT_API_URL`` until the block ends.
+
+    In order: the configured ``PREFECT_API_URL`` (it must answer within ~5 s, else
+    StackError), the ``sae up`` server if it is healthy, else a server started here on
+    127.0.0.1 and stopped at the end. ``os.environ["PREFECT_API_URL"]`` is set (and restored
+    afterwards) before anything else, so processes started inside the block, Ray's
+    included, report to that server; the Prefect settings of this process follow too.
+
+    A new server takes 10-20 s to boot on 2 cores. ``while_booting`` is called meanwhile, with the
+    variable already set: pass the rest of the start-up (``ray.init``, loading data) so it
+    overlaps. The block is entered once the server answers.
+    """
+    url = _running_prefect_url(settings)
+    with contextlib.ExitStack() as stack:
+        server = None
+        if url is None:
+            database = stack.enter_context(_run_database(settings))
+            server = start_prefect_server(settings, database=database)
+            stack.callback(server.stop)
+            url = server.api_url
+        stack.enter_context(_environ("PREFECT_API_URL", url))
+        if while_booting is not None:
+            while_booting()
+        if server is not None:
+            server.wait_healthy(timeout)
+            log.info("a Prefect server for this run: %s", url)
+        stack.enter_context(_prefect_settings(url))
+        if server is not None:
+            stack.callback(_drain_prefect_clients)  # first thing at exit (LIFO)
+        yield url
+
+
+def _running_prefect_url(settings: Settings) -> str | None:
+    if settings.prefect_api_url:
+        check_prefect(settings)
+        return settings.prefect_api_url.rstrip("/")
+    return running_stack_url(settings, "prefect")
+
+
+def _drain_prefect_clients(timeout: float = 5.0) -> None:
+    """Sends the logs and events this process still queues, before their server goes away.
+
+    Otherwise Prefect tries at interpreter exit and prints connection errors.
+    """
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout, at_exit=False)
+        except Exception as exc:  # a flush must not hide the run's own outcome
+            log.debug("draining %s: %s", worker.__name__, exc)
+
+
+def _prefect_settings(url: str) -> contextlib.AbstractContextManager:
+    # Prefect reads the environment once, at import: a variable set later does not reach
+    # this process's flows without an explicit override.
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: url})
+
+
+# --- the persistent stack ------------------------------------------------------------------
+
+
+def _stack_dir(settings: Settings) -> Path:
+    folder = settings.home / "stack"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _stack_lock(settings: Settings) -> Iterator[None]:
+    """Serialises ``up`` and ``down`` of one SAE_HOME (a second waits for the first)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(_stack_dir(settings) / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _read_records(settings: Settings) -> dict[str, dict]:
+    try:
+        records = json.loads((settings.home / "stack" / "stack.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def _write_records(settings: Settings, records: dict[str, dict]) -> None:
+    folder = _stack_dir(settings)
+    path = folder / "stack.json"
+    if not records:
+        path.unlink(missing_ok=True)
+        return
+    tmp = folder / "stack.json.tmp"
+    tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)  # readers never see half a file
+
+
+def _record_alive(settings: Settings, name: str, record: dict) -> bool:
+    """The recorded process still runs: its pid file agrees and the pid was not reused."""
+    pid_file = settings.home / "stack" / f"{name}.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if pid != record.get("pid") or not _pid_alive(pid):
+        return False
+    started = record.get("started")
+    return started is None or _proc_start(pid) in (None, started)
+
+
+def _forget(settings: Settings, records: dict[str, dict], name: str) -> None:
+    records.pop(name, None)
+    (_stack_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+
+
+def _live_records(settings: Settings) -> dict[str, dict]:
+    """The records whose process runs; stale pid files and entries removed."""
+    records = _read_records(settings)
+    for name in list(records):
+        if not _record_alive(settings, name, records[name]):
+            log.info("removing the stale record of the %s server", name)
+            _forget(settings, records, name)
+    known = set(records)
+    for pid_file in _stack_dir(settings).glob("*.pid"):
+        if pid_file.stem not in known:  # no record to say what it is: never signal it
+            pid_file.unlink(missing_ok=True)
+    _write_records(settings, records)
+    return records
+
+
+def _starter(settings: Settings, name: str) -> Callable[[int], Server]:
+    starters: dict[str, Callable[[int], Server]] = {
+        "prefect": lambda port: start_prefect_server(settings, port, persistent=True),
+        "mlflow": lambda port: start_mlflow_server(settings, port),
+        "s3": lambda port: start_s3_server(settings, port),
+    }
+    return starters[name]
+
+
+def _stack_port(name: str) -> int:
+    preferred = DEFAULT_PORTS[name]
+    return preferred if port_is_free(preferred) else free_port()
+
+
+def _record(server: Server) -> dict:
+    return {
+        "url": server.api_url,
+        "ui": server.url,
+        "health": server.health_url,
+        "pid": server.pid,
+        "started": _proc_start(server.pid),
+        "log": str(server.log_path),
+    }
+
+
+def stack_up(settings: Settings, s3: bool = False, *, timeout: float = 180.0) -> dict[str, str]:
+    """Starts Prefect and MLflow (and moto with ``s3``) unless running and healthy.
+
+    Records each in ``{home}/stack/{name}.pid`` and ``stack.json`` as soon as it is
+    started, waits until all answer, and returns name -> URL of every stack service
+    (Prefect's is its API URL). A second call with everything healthy starts nothing.
+    """
+    names = ["prefect", "mlflow"] + (["s3"] if s3 else [])
+    with _stack_lock(settings):
+        records = _live_records(settings)
+        missing = [n for n in names if not _record_healthy(settings, records, n)]
+        if "s3" in missing:
+            _require_moto()  # before anything starts
+        started: list[Server] = []
+        try:
+            for name in missing:
+                server = _starter(settings, name)(_stack_port(name))
+                started.append(server)
+                records[name] = _record(server)
+                (_stack_dir(settings) / f"{name}.pid").write_text(f"{server.pid}\n")
+                _write_records(settings, records)
+            deadline = time.monotonic() + timeout
+            for server in started:
+                server.wait_healthy(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            _stop_groups([s.pid for s in started])
+            for server in started:
+                _forget(settings, records, server.name)
+            _write_records(settings, records)
+            raise
+        return {name: record["url"] for name, record in records.items()}
+
+
+def _record_healthy(settings: Settings, records: dict[str, dict], name: str) -> bool:
+    """Whether ``name`` runs and answers; a live one that does not answer is replaced."""
+    record = records.get(name)
+    if record is None:
+        return False
+    for _ in range(3):  # a busy server gets a few chances before it counts as hung
+        if _answers(record["health"], timeout=2.0):
+            return True
+    log.warning("the %s server (pid %s) does not answer: restarting it", name, record["pid"])
+    _stop_groups([record["pid"]])
+    _forget(settings, records, name)
+    return False
+
+
+def stack_down(settings: Settings) -> list[str]:
+    """Stops every recorded server (its whole process group); returns the names stopped."""
+    with _stack_lock(settings):
+        records = _live_records(settings)
+        stopped = _stop_groups([r["pid"] for r in records.values()])
+        names = [name for name, record in records.items() if record["pid"] in stopped]
+        for name in list(records):
+            _forget(settings, records, name)
+        _write_records(settings, records)
+    return names
+
+
+def stack_status(settings: Settings) -> dict[str, dict]:
+    """name -> url, ui, pid, log, healthy for each recorded server. Reads only: no lock."""
+    status = {}
+    for name, record in _read_records(settings).items():
+        alive = _record_alive(settings, name, record)
+        status[name] = {
+            "url": record.get("url"),
+            "ui": record.get("ui"),
+            "pid": record.get("pid"),
+            "log": record.get("log"),
+            "healthy": alive and _answers(record.get("health", ""), timeout=2.0),
+        }
+    return status
+
+
+def running_stack_url(settings: Settings, name: str) -> str | None:
+    """The URL of the ``sae up`` server ``name`` if it runs and answers, else None."""
+    record = stack_status(settings).get(name)
+    return record["url"] if record and record["healthy"] else None
