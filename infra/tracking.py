@@ -1,0 +1,71 @@
+"""MLflow connection: the tracking URI, one experiment per domain, artifacts in the store.
+
+Experiments are named ``arxiv-sae/{domain}`` and keep their artifacts under
+``{store}/mlflow/{domain slug}``, so models and plots live beside the checkpoints (on S3
+when the store is). Create experiments here, in the driver: workers never do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from infra.settings import Settings, mask_url
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_PREFIX = "arxiv-sae/"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking server or database cannot be used (an unreachable server
+    raises :class:`infra.local_stack.StackError` instead, before anything starts)."""
+
+
+def experiment_name(domain: str) -> str:
+    return f"{EXPERIMENT_PREFIX}{domain}"
+
+
+def mlflow_client(settings: Settings):
+    """A client for ``settings.tracking_uri``, after checking it answers (no hang)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from infra.local_stack import check_mlflow
+
+    uri = settings.tracking_uri
+    _export_s3_endpoint(settings)
+    check_mlflow(settings)
+    if uri.startswith("sqlite:///"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client, settings: Settings, domain: str, slug: str) -> str:
+    """The experiment id of ``domain``, created with its artifacts in the store if new."""
+    name = experiment_name(domain)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    location = f"{settings.store.rstrip('/')}/mlflow/{slug}"
+    if settings.store_is_local:
+        location = "file://" + location.removeprefix("file://")
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception as exc:  # another driver created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise TrackingUnavailableError(
+                f"cannot create the MLflow experiment {name!r} at "
+                f"{mask_url(settings.tracking_uri)}: {exc}"
+            ) from exc
+        return exp.experiment_id
+
+
+def _export_s3_endpoint(settings: Settings) -> None:
+    # MLflow's S3 artifact client reads its endpoint from this variable only.
+    if settings.s3_endpoint_url and not settings.store_is_local:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)

@@ -1,0 +1,238 @@
+"""Plots of a sweep's results, written as PNG files.
+
+Every function builds its own ``matplotlib.figure.Figure`` on an Agg canvas: no
+pyplot, no global backend state, so they are safe to call from worker threads and
+importing this module does not import matplotlib at all.
+
+Non-finite values (NaN, and -inf for a log feature density with every latent dead)
+are left out of lines and histograms rather than failing the plot; empty input
+raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_DPI = 120
+
+
+# --------------------------------------------------------------------- helpers
+def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.8):
+    """A Figure with its own Agg canvas and ``ncols`` axes side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=_DPI)
+    return path
+
+
+def _float(value: Any) -> float:
+    """``value`` as a finite float, or NaN (None, strings that are not numbers, ±inf)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return f if math.isfinite(f) else math.nan
+
+
+def _colours(count: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    if count == 1:
+        return [cmap(0.35)]
+    return [cmap(0.9 * i / (count - 1)) for i in range(count)]
+
+
+# ------------------------------------------------------------------ the plots
+def pareto_plot(
+    rows: Iterable[Mapping[str, Any]], path: str | Path, *, domain: str | None = None
+) -> Path:
+    """NMSE against k (one line per n) and NMSE against log feature density.
+
+    ``rows`` are mappings with at least ``k``, ``n_latents``, ``nmse`` and
+    ``log_feature_density`` (e.g. :func:`tasks.sweep.compare.cell_rows`, or
+    ``EvalMetrics.as_dict()`` plus the cell's shape). Left: NMSE vs k on a log2 axis
+    with the grid's k values as ticks. Right: the sparsity/fidelity trade-off, NMSE
+    vs mean log10 feature density, one colour per n, each point labelled with its k.
+    Returns ``path``.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("pareto_plot: no rows to plot (the sweep has no finished cells)")
+    required = ("k", "n_latents", "nmse", "log_feature_density")
+    points: dict[int, list[tuple[int, float, float]]] = {}
+    for i, row in enumerate(rows):
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise ValueError(f"pareto_plot: row {i} lacks {missing}: {dict(row)!r}")
+        try:
+            k, n = int(row["k"]), int(row["n_latents"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"pareto_plot: row {i} has a non-integer k or n_latents") from exc
+        points.setdefault(n, []).append(
+            (k, _float(row["nmse"]), _float(row["log_feature_density"]))
+        )
+
+    fig, (ax_k, ax_fd) = _figure(ncols=2, width=5.6, height=4.4)
+    ns = sorted(points)
+    ks = sorted({k for pts in points.values() for k, _, _ in pts})
+    for colour, n in zip(_colours(len(ns)), ns, strict=True):
+        pts = sorted(points[n])
+        k_arr = np.array([p[0] for p in pts], dtype=float)
+        nmse = np.array([p[1] for p in pts])
+        log_fd = np.array([p[2] for p in pts])
+        ax_k.plot(k_arr, nmse, marker="o", color=colour, label=f"n={n}")
+        ax_fd.plot(log_fd, nmse, marker="o", color=colour, label=f"n={n}")
+        for k, y, x in pts:
+            if math.isfinite(x) and math.isfinite(y):
+                ax_fd.annotate(
+                    f"k={k}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color=colour,
+                )
+
+    ax_k.set_xscale("log", base=2)
+    ax_k.set_xticks(ks, [str(k) for k in ks])
+    ax_k.minorticks_off()
+    if len(ks) == 1:
+        ax_k.set_xlim(ks[0] / 2, ks[0] * 2)
+    ax_k.set_xlabel("k (active latents)")
+    ax_k.set_ylabel("NMSE (held out)")
+    ax_k.set_title("NMSE vs k")
+    ax_fd.set_xlabel("mean log10 feature density (live latents)")
+    ax_fd.set_ylabel("NMSE (held out)")
+    ax_fd.set_title("NMSE vs feature density")
+    for ax in (ax_k, ax_fd):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, title="latents")
+    fig.suptitle(f"TopK SAE sweep: {domain}" if domain else "TopK SAE sweep")
+    return _save(fig, path)
+
+
+def density_histograms(
+    densities: Mapping[str, Any], path: str | Path, *, bins: int = 50, title: str | None = None
+) -> Path:
+    """Overlaid step histograms of log10(feature density) of the live latents per cell.
+
+    ``densities`` maps a cell label to per-latent densities (fractions in [0, 1], as
+    from :func:`feature_densities`); zeros are dead latents, counted in the legend
+    label instead of the histogram. NaN entries are ignored. Returns ``path``.
+    """
+    if not densities:
+        raise ValueError("density_histograms: no cells to plot (empty mapping)")
+    cells: list[tuple[str, np.ndarray, int, int]] = []
+    for label, values in densities.items():
+        d = np.asarray(values, dtype=np.float64).reshape(-1)
+        known = d[~np.isnan(d)]
+        live = known[known > 0]
+        dead = int((known == 0).sum())
+        cells.append((str(label), np.log10(live), dead, known.size))
+
+    all_live = np.concatenate([c[1] for c in cells])
+    if all_live.size:
+        lo, hi = float(all_live.min()), float(all_live.max())
+        if hi - lo < 1e-9:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, bins + 1)
+    else:  # every latent of every cell is dead: empty axes with the legend
+        edges = np.linspace(-6.0, 0.0, bins + 1)
+
+    fig, (ax,) = _figure(width=7.2, height=4.8)
+    for colour, (label, log_d, dead, total) in zip(_colours(len(cells)), cells, strict=True):
+        legend = f"{label} (dead {dead}/{total})"
+        if log_d.size:
+            ax.hist(log_d, bins=edges, histtype="step", linewidth=1.4, color=colour, label=legend)
+        else:
+            ax.plot([], [], color=colour, label=legend)
+    ax.set_xlabel("log10 feature density (live latents)")
+    ax.set_ylabel("latents")
+    ax.set_title(title or "Feature density per cell")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def training_curves(
+    histories: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    metric: str = "train_nmse",
+    *,
+    title: str | None = None,
+) -> Path:
+    """One line per cell of ``metric`` against the step, log y axis.
+
+    ``histories`` maps a cell label to ``(step, value)`` pairs (any order; e.g. from
+    ``MlflowClient.get_metric_history``). Non-finite values break the line; the y
+    axis falls back to linear when no value is positive. Returns ``path``.
+    """
+    if not histories or not any(len(h) for h in histories.values()):
+        raise ValueError(f"training_curves: no {metric} history to plot (empty input)")
+    fig, (ax,) = _figure(width=7.2, height=4.8)
+    any_positive = False
+    for colour, (label, history) in zip(_colours(len(histories)), histories.items(), strict=True):
+        if not len(history):
+            continue
+        pts = sorted((float(s), _float(v)) for s, v in history)
+        steps = np.array([p[0] for p in pts])
+        values = np.array([p[1] for p in pts])
+        any_positive |= bool((values > 0).any())
+        ax.plot(steps, values, color=colour, linewidth=1.2, label=str(label))
+    if any_positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} per cell")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------- densities
+def feature_densities(model, x, batch_size: int = 4096) -> np.ndarray:
+    """Per-latent density over the rows of ``x``: the share of rows whose top-k holds it.
+
+    The same definition as ``sae.metrics.evaluate`` (its ``log_feature_density`` is
+    the mean log10 of the positive entries): a latent counts when it is among a
+    row's k selected indices, even if the ReLU zeroed its value. So the densities
+    always sum to k. ``x`` is a tensor or array ``[rows, d_in]``; each batch moves to
+    the model's device. Returns a float64 array ``[n_latents]``.
+    """
+    import torch
+
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    x = torch.as_tensor(x)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(
+            f"feature_densities: need a non-empty [rows, d_in] input, got {tuple(x.shape)}"
+        )
+    device = model.b_pre.device
+    n = model.n_latents
+    counts = torch.zeros(n, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start : start + batch_size].to(device=device, dtype=torch.float32)
+            _, indices = model.encode(batch)
+            counts += torch.bincount(indices.reshape(-1), minlength=n)
+    return counts.double().div_(x.shape[0]).cpu().numpy()
+
+
+__all__ = ["density_histograms", "feature_densities", "pareto_plot", "training_curves"]

@@ -1,0 +1,177 @@
+"""The sweep plots write readable PNGs; feature densities match a row-by-row reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sae.config import SAEConfig
+from sae.metrics import evaluate
+from sae.model import TopKSAE
+from tasks.sweep.plots import density_histograms, feature_densities, pareto_plot, training_curves
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path, min_width=300, min_height=200):
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE), f"{path} is not a PNG"
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    height, width = image.shape[:2]
+    assert width >= min_width and height >= min_height, image.shape
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    # Something was drawn: not a single flat colour.
+    assert float(image[..., :3].std()) > 0.01
+
+
+def grid_rows():
+    rows = []
+    for n in (3072, 6144, 12288):
+        for k in (16, 32, 64, 128):
+            rows.append(
+                {
+                    "k": k,
+                    "n_latents": n,
+                    "nmse": 0.25 * (16 / k) ** 0.4 * (3072 / n) ** 0.1,
+                    "log_feature_density": math.log10(k / n) - 0.3,
+                }
+            )
+    return rows
+
+
+# ----------------------------------------------------------------- pareto_plot
+def test_pareto_plot_grid(tmp_path):
+    out = pareto_plot(grid_rows(), tmp_path / "sub" / "pareto.png", domain="cs.LG")
+    assert out == tmp_path / "sub" / "pareto.png"
+    assert_png(out, min_width=800)
+
+
+def test_pareto_plot_single_cell_and_nan(tmp_path):
+    single = [{"k": 32, "n_latents": 9216, "nmse": 0.12, "log_feature_density": -2.4}]
+    assert_png(pareto_plot(single, tmp_path / "one.png"))
+    rows = grid_rows()
+    rows[0]["nmse"] = float("nan")
+    rows[1]["log_feature_density"] = float("-inf")  # every latent dead
+    rows[2]["nmse"] = None
+    assert_png(pareto_plot(rows, tmp_path / "nan.png", domain="astro-ph"))
+    all_nan = [{"k": 16, "n_latents": 3072, "nmse": math.nan, "log_feature_density": math.nan}]
+    assert_png(pareto_plot(all_nan, tmp_path / "all_nan.png"))
+
+
+def test_pareto_plot_rejects_empty_and_bad_rows(tmp_path):
+    with pytest.raises(ValueError, match="no rows"):
+        pareto_plot([], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="lacks"):
+        pareto_plot([{"k": 16, "nmse": 0.2}], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+# --------------------------------------------------------- density_histograms
+def test_density_histograms(tmp_path):
+    rng = np.random.default_rng(0)
+    densities = {}
+    for label in ("csLG_16_3072_1024", "csLG_64_9216_1024"):
+        d = 10 ** rng.uniform(-5, -1, size=512)
+        d[:40] = 0.0  # dead
+        densities[label] = d
+    assert_png(density_histograms(densities, tmp_path / "density.png"))
+
+
+def test_density_histograms_edge_cases(tmp_path):
+    one = {"only": np.array([0.0, 0.01, 0.02, np.nan, 0.5])}
+    assert_png(density_histograms(one, tmp_path / "one.png"))
+    same = {"flat": np.full(64, 1 / 16)}  # every latent equally dense
+    assert_png(density_histograms(same, tmp_path / "flat.png"))
+    dead = {"all dead": np.zeros(32), "torch": torch.tensor([0.0, 0.25, 0.75])}
+    assert_png(density_histograms(dead, tmp_path / "dead.png"))
+    with pytest.raises(ValueError, match="empty"):
+        density_histograms({}, tmp_path / "x.png")
+
+
+# ------------------------------------------------------------ training_curves
+def test_training_curves(tmp_path):
+    histories = {
+        f"k{k}-n9216": [(s, 0.5 * (16 / k) ** 0.3 * (1 + s) ** -0.3) for s in range(0, 2000, 50)]
+        for k in (16, 32, 64)
+    }
+    assert_png(training_curves(histories, tmp_path / "curves.png"))
+
+
+def test_training_curves_edge_cases(tmp_path):
+    one = {"k32-n9216": [(100, 0.2), (0, 0.9), (50, float("nan")), (150, 0.15)]}
+    assert_png(training_curves(one, tmp_path / "one.png", metric="train_loss"))
+    nonpositive = {"a": [(0, 0.0), (1, -1.0)], "b": []}  # log axis impossible: linear
+    assert_png(training_curves(nonpositive, tmp_path / "lin.png", metric="lr"))
+    with pytest.raises(ValueError, match="empty"):
+        training_curves({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="empty"):
+        training_curves({"a": []}, tmp_path / "x.png")
+
+
+# ---------------------------------------------------------- feature_densities
+def reference_densities(model: TopKSAE, x: torch.Tensor) -> np.ndarray:
+    """One row at a time: topk of W_enc (x - b_pre) + b_lat, counted by index."""
+    counts = np.zeros(model.n_latents)
+    with torch.no_grad():
+        for row in x:
+            z_pre = model.W_enc @ (row - model.b_pre) + model.b_lat
+            counts[z_pre.topk(model.k).indices.numpy()] += 1
+    return counts / x.shape[0]
+
+
+@pytest.fixture
+def small_sae():
+    g = torch.Generator().manual_seed(0)
+    model = TopKSAE(SAEConfig(d_in=16, n_latents=64, k=4), generator=g)
+    with torch.no_grad():
+        model.b_lat.copy_(0.1 * torch.randn(64, generator=g))
+        model.b_pre.copy_(0.1 * torch.randn(16, generator=g))
+    return model, torch.randn(300, 16, generator=g)
+
+
+def test_feature_densities_match_reference(small_sae):
+    model, x = small_sae
+    got = feature_densities(model, x, batch_size=64)  # batches of 64 with a ragged last one
+    assert got.shape == (64,) and got.dtype == np.float64
+    np.testing.assert_allclose(got, reference_densities(model, x), rtol=0, atol=1e-12)
+    # Every row contributes its k selected indices (counted even if the ReLU zeroed one).
+    assert got.sum() == pytest.approx(model.k)
+    assert ((got >= 0) & (got <= 1)).all()
+    # Batch size does not matter, and numpy input works too.
+    np.testing.assert_array_equal(feature_densities(model, x.numpy(), batch_size=7), got)
+
+
+def test_feature_densities_agree_with_eval_metrics(small_sae):
+    model, x = small_sae
+    d = feature_densities(model, x)
+    m = evaluate(model, x)
+    live = d[d > 0]
+    assert m.log_feature_density == pytest.approx(np.log10(live).mean(), abs=1e-12)
+    assert m.dead_fraction == pytest.approx(1 - live.size / d.size)
+
+
+def test_feature_densities_relu_zeroed_picks_still_count():
+    """With all pre-activations negative the ReLU zeroes every value; indices still count."""
+    model = TopKSAE(SAEConfig(d_in=16, n_latents=64, k=4), generator=torch.Generator())
+    with torch.no_grad():
+        model.b_lat.fill_(-100.0)
+    x = torch.randn(20, 16)
+    values, _ = model.encode(x)
+    assert (values == 0).all()
+    d = feature_densities(model, x)
+    assert d.sum() == pytest.approx(4.0)
+
+
+def test_feature_densities_rejects_bad_input(small_sae):
+    model, _ = small_sae
+    with pytest.raises(ValueError, match="non-empty"):
+        feature_densities(model, torch.zeros(0, 16))
+    with pytest.raises(ValueError, match="d_in"):
+        feature_densities(model, torch.zeros(3, 8))
+    with pytest.raises(ValueError, match="batch_size"):
+        feature_densities(model, torch.zeros(3, 16), batch_size=0)
