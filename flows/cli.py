@@ -186,9 +186,14 @@ def results_table(results) -> str:
     return "\n".join(lines)
 
 
-def _setup_logging() -> None:
+def _setup_logging(own_handler: bool = True) -> None:
+    """INFO from our packages; ``own_handler=False`` when Prefect's console handler shows them."""
     import logging
 
+    if not own_handler:
+        for name in ("tasks", "infra", "flows"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     for name in ("tasks", "infra", "flows"):
@@ -371,6 +376,143 @@ def embed(
     typer.echo(f"  vectors: {report.namespace}")
 
 
+@app.command()
+def sweep(
+    domain: Annotated[
+        str, typer.Argument(help=_DOMAIN_HELP + " Several: comma-separated.")
+    ] = "cs.LG",
+    k: Annotated[str, typer.Option(help="Comma-separated k values.")] = "16,32,64,128",
+    n_latents: Annotated[
+        str, typer.Option("--n-latents", "--n", help="Comma-separated dictionary sizes.")
+    ] = "3072,4608,6144,9216,12288",
+    epochs: Annotated[int, typer.Option()] = 50,
+    batch_size: Annotated[int, typer.Option()] = 1024,
+    lr: Annotated[float, typer.Option()] = 1e-4,
+    seed: Annotated[int, typer.Option()] = 0,
+    limit: Annotated[
+        int, typer.Option(help="Embed and train on at most this many papers (0: all).")
+    ] = 0,
+    source: Annotated[
+        str, typer.Option(help="A file or folder of papers to ingest first (any ingest format).")
+    ] = "",
+    embedder: Annotated[str, typer.Option(help="Default: SAE_EMBEDDER.")] = "",
+    data_snapshot: Annotated[
+        str, typer.Option(help="Train on this existing snapshot id instead of a new one.")
+    ] = "",
+    gpus_per_pack: Annotated[float, typer.Option(help="Default: SAE_PACK_GPUS.")] = 0.0,
+    n_packs: Annotated[int, typer.Option(help="Default: one per GPU, one on CPU.")] = 0,
+) -> None:
+    """Run the sweep flow: every k x n cell for DOMAIN, tracked in MLflow; print the results.
+
+    Uses the corpus already ingested for DOMAIN under SAE_STORE (plus --source, if given),
+    embeds what is missing, trains on a fixed data snapshot and records a parent run, a
+    child run and a registered model per cell. A rerun retrains nothing; a sweep that died
+    resumes its unfinished cells. Exits 0 only when every cell finished.
+    """
+    from pydantic import ValidationError
+
+    from tasks.sweep.config import SweepParams
+
+    _setup_logging(own_handler=False)
+    try:
+        params = SweepParams(
+            domains=[d.strip() for d in domain.split(",") if d.strip()],
+            k=_ints(k, "--k"),
+            n_latents=_ints(n_latents, "--n-latents"),
+            batch_size=batch_size,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            limit=limit or None,
+            source=source or None,
+            embedder=embedder or None,
+            data_snapshot=data_snapshot or None,
+            gpus_per_pack=gpus_per_pack or None,
+            n_packs=n_packs or None,
+        )
+    except ValidationError as exc:
+        raise _fail(_validation_message(exc)) from exc
+    results = _run_sweep(params)
+    from flows.sweep import results_markdown
+
+    for r in results:
+        typer.echo(f"\n{r.domain}: sweep {r.sweep_id}, data snapshot {r.data_snapshot}")
+        typer.echo(results_markdown(r.cells, r.champion))
+        if r.champion:
+            typer.echo(f"champion: {r.champion} (alias 'champion')")
+    from infra.settings import get_settings
+
+    typer.echo(f"\nMLflow: {get_settings().tracking_uri}  (sae ui prints the UI addresses)")
+
+
+def _run_sweep(params):
+    """Runs the flow against a Prefect server for this run; exit codes for the failures."""
+    from infra.local_stack import StackError, check_mlflow, prefect_for_run
+    from infra.ray_runtime import RayUnavailableError
+    from infra.settings import get_settings
+    from infra.store import Store, StoreError
+    from infra.tracking import TrackingUnavailableError
+    from sae.config import ConfigError
+    from tasks.embed.manifest import EmbeddingStoreError
+    from tasks.embed.run import EmbedFailedError, EmptyCorpusError
+    from tasks.sweep.steps import SweepInputError
+
+    settings = get_settings()
+    try:
+        # Fail at once on what is misconfigured, before any server starts.
+        check_mlflow(settings)
+        Store.from_settings(settings).check_writable()
+        with prefect_for_run(settings, while_booting=_import_flow):
+            from flows.sweep import SweepFailedError, sweep
+
+            try:
+                return sweep(params)
+            except SweepFailedError as exc:
+                raise _fail(exc, 1) from exc
+    except (
+        StackError,
+        StoreError,
+        TrackingUnavailableError,
+        RayUnavailableError,
+        ConfigError,
+        SweepInputError,
+        EmptyCorpusError,
+        EmbeddingStoreError,
+    ) as exc:
+        raise _fail(exc) from exc
+    except EmbedFailedError as exc:
+        raise _fail(exc, 1) from exc
+
+
+def _import_flow() -> None:
+    # Imported while the Prefect server boots: torch, MLflow and Prefect take seconds.
+    import flows.sweep  # noqa: F401
+
+
+def _validation_message(exc) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+@app.command()
+def runs(
+    domain: Annotated[str, typer.Option(help="Only this domain (default: all).")] = "",
+    sweep_id: Annotated[str, typer.Option("--sweep", help="Only this sweep id.")] = "",
+) -> None:
+    """Compare the cells recorded in MLflow: one row per child run, newest sweeps included."""
+    from infra.local_stack import StackError
+    from infra.settings import get_settings
+    from infra.tracking import mlflow_client
+    from tasks.sweep.compare import runs_table
+
+    try:
+        client = mlflow_client(get_settings())
+        typer.echo(runs_table(client, domains=domain or None, sweep_id=sweep_id or None))
+    except (StackError, LookupError) as exc:
+        raise _fail(exc) from exc
+
+
 def _load_matrix(data: str, limit: int, seed: int):
     import numpy as np
     import torch
@@ -403,6 +545,10 @@ def _load_matrix(data: str, limit: int, seed: int):
     stat = path.stat()
     return x, f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}-{x.shape[0]}"
 
+
+from flows.stack_cli import register  # noqa: E402
+
+register(app)
 
 if __name__ == "__main__":
     app()

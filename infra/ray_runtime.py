@@ -22,6 +22,10 @@ _FORWARDED = (
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
     "TRITON_INTERPRET",
+    # Task runs of prefect-ray workers report to the driver's Prefect server, not to a
+    # temporary server of their own.
+    "PREFECT_API_URL",
+    "PREFECT_SERVER_ANALYTICS_ENABLED",
 )
 
 
@@ -41,6 +45,8 @@ def ensure_ray(settings) -> dict[str, float]:
             configure_logging=False,
             runtime_env={"env_vars": env},
         )
+        if settings.ray_address:
+            _check_reachable(settings.ray_address)
         try:
             if settings.ray_address:
                 log.info("joining the Ray cluster at %s", settings.ray_address)
@@ -54,9 +60,51 @@ def ensure_ray(settings) -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A TCP connect to the head first: ray.init on a dead address retries for minutes."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailableError(
+            f"RAY_ADDRESS={address!r} is not host:port or ray://host:port (or 'auto')"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise RayUnavailableError(
+            f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): {exc}"
+        ) from exc
+
+
 def cpus_per_node() -> int:
     """The CPUs of the largest alive node: what one CPU-bound task can use at most."""
     import ray
 
     sizes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     return max(1, int(max(sizes, default=1)))
+
+
+#: Ray restarts a pack whose worker died (killed, out of memory, node lost); the pack
+#: resumes from its cells' last checkpoints.
+PACK_MAX_RETRIES = 2
+
+
+def pack_resources(
+    cluster: dict[str, float], gpus_per_pack: float, n_packs: int | None
+) -> tuple[dict, int]:
+    """Ray options of one training pack, and how many packs to split the grid into.
+
+    With GPUs: ``gpus_per_pack`` of one each, as many packs as that fills. On CPU: one
+    pack taking a whole node's cores (packs on the same cores would only contend).
+    """
+    n_gpus = cluster.get("GPU", 0.0)
+    if n_gpus > 0:
+        share = min(gpus_per_pack, n_gpus)
+        packs = n_packs or max(1, int(n_gpus / share + 1e-9))
+        return {"num_gpus": share, "num_cpus": 1, "max_retries": PACK_MAX_RETRIES}, packs
+    return {"num_cpus": cpus_per_node(), "max_retries": PACK_MAX_RETRIES}, n_packs or 1

@@ -10,17 +10,47 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import fsspec
 import polars as pl
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Waits between attempts at a remote store (15.5 s in all): an S3 endpoint that
+#: restarts or drops connections for a few seconds costs a pause, not a failed run.
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
 
 class StoreError(OSError):
     """The store cannot be reached, read or written; the message names the URI."""
+
+
+def _permanent(exc: Exception) -> bool:
+    """Errors a retry cannot fix: missing objects, refused access, no credentials."""
+    name = type(exc).__name__
+    return isinstance(exc, FileNotFoundError | PermissionError) or name in (
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "NoSuchBucket",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    )
+
+
+def _explain(exc: Exception) -> str:
+    if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        return (
+            f"{exc} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+            "or give the machine an instance role)"
+        )
+    return str(exc) or type(exc).__name__
 
 
 class Store:
@@ -47,11 +77,30 @@ class Store:
         return f"{self._base}/{rel}" if rel else self._base
 
     def _wrap(self, action: str, rel: str, exc: Exception) -> StoreError:
-        return StoreError(f"cannot {action} {self.uri(rel)}: {exc}")
+        return StoreError(f"cannot {action} {self.uri(rel)}: {_explain(exc)}")
+
+    def _retry(self, action: str, rel: str, fn: Callable[[], T]) -> T:
+        """``fn()``, retried with backoff on a remote store's transient errors."""
+        delays = () if self.is_local else RETRY_DELAYS_S
+        for attempt in range(len(delays) + 1):
+            try:
+                return fn()
+            except Exception as exc:
+                if _permanent(exc) or attempt == len(delays):
+                    raise
+                log.warning(
+                    "%s %s failed (%s); retrying in %.1f s",
+                    action,
+                    self.uri(rel),
+                    type(exc).__name__,
+                    delays[attempt],
+                )
+                time.sleep(delays[attempt])
+        raise AssertionError("unreachable")
 
     def exists(self, rel: str) -> bool:
         try:
-            return self.fs.exists(self._path(rel))
+            return self._retry("check", rel, lambda: self.fs.exists(self._path(rel)))
         except Exception as exc:  # s3fs raises many kinds; the caller needs one
             raise self._wrap("check", rel, exc) from exc
 
@@ -59,7 +108,7 @@ class Store:
         """Relative paths of the files in ``rel_dir`` matching ``pattern``, sorted by name."""
         base = self._path(rel_dir)
         try:
-            found = self.fs.glob(f"{base}/{pattern}")
+            found = self._retry("list", rel_dir, lambda: self.fs.glob(f"{base}/{pattern}"))
         except FileNotFoundError:
             return []
         except Exception as exc:
@@ -69,7 +118,7 @@ class Store:
 
     def read_bytes(self, rel: str) -> bytes:
         try:
-            return self.fs.cat_file(self._path(rel))
+            return self._retry("read", rel, lambda: self.fs.cat_file(self._path(rel)))
         except FileNotFoundError:
             raise
         except Exception as exc:
@@ -92,14 +141,15 @@ class Store:
                     if os.path.exists(tmp):
                         os.unlink(tmp)
             else:
-                self.fs.pipe_file(path, data)
+                # One PUT per attempt: an object exists whole or not at all.
+                self._retry("write", rel, lambda: self.fs.pipe_file(path, data))
         except Exception as exc:
             raise self._wrap("write", rel, exc) from exc
         return self.uri(rel)
 
     def delete(self, rel: str) -> None:
         try:
-            self.fs.rm_file(self._path(rel))
+            self._retry("delete", rel, lambda: self.fs.rm_file(self._path(rel)))
         except FileNotFoundError:
             pass
         except Exception as exc:

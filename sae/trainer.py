@@ -40,6 +40,7 @@ METRICS_FILE = "metrics.json"
 _MEDIAN_SAMPLE = 16384
 
 LogFn = Callable[[str, int, dict[str, float]], None]
+CheckpointFn = Callable[[list[Path]], None]
 
 
 @dataclass
@@ -87,6 +88,8 @@ class PackTrainer:
     ``configs``: one :class:`SAEConfig` per cell (all with the same ``d_in``).
     ``out_dir``: where checkpoints go; None trains in memory only (no resume).
     ``on_log(cell_name, step, metrics)``: called every ``log_every_steps``.
+    ``on_checkpoint(cell_dirs)``: called after each checkpoint is on disk (e.g. to copy
+    the folders to remote storage, so a restarted worker elsewhere can resume).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class PackTrainer:
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         on_log: LogFn | None = None,
+        on_checkpoint: CheckpointFn | None = None,
     ):
         if not configs:
             raise ConfigError("a pack needs at least one cell")
@@ -117,6 +121,7 @@ class PackTrainer:
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.on_log = on_log
+        self.on_checkpoint = on_checkpoint
         self._cells: list[_Cell] = []
         self.epoch_seconds: list[float] = []
         """Wall time of each epoch's step loop in the last fit (no init, export or eval)."""
@@ -188,6 +193,13 @@ class PackTrainer:
             )
             for c in cells
         ]
+
+    def model(self, name: str) -> TopKSAE:
+        """The model of cell ``name`` after :meth:`fit` (e.g. to compute extra metrics)."""
+        for c in self._cells:
+            if c.name == name:
+                return c.model
+        raise KeyError(f"no cell {name!r} in this pack; cells: {self.names}")
 
     # --------------------------------------------------------------- internals
     def _fits_on_device(self, x: torch.Tensor) -> bool:
@@ -297,6 +309,8 @@ class PackTrainer:
             atomic_torch_save(self._state(c, epoch, step_in_epoch), d / STATE_FILE)
             if export:
                 save_sae(c.model, d, self.train, self.run)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint([self._dir(c) for c in cells])  # type: ignore[misc]
 
     def _finish(self, c: _Cell) -> None:
         d = self._dir(c)
@@ -306,6 +320,8 @@ class PackTrainer:
         payload = {"metrics": c.metrics.as_dict(), "steps": c.step, "seconds": c.seconds}  # type: ignore[union-attr]
         atomic_write_bytes(d / METRICS_FILE, json.dumps(payload, indent=2).encode())
         atomic_torch_save(self._state(c, self.train.epochs, 0), d / STATE_FILE)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint([d])
 
     def _restore(self, c: _Cell) -> None:
         d = self._dir(c)

@@ -178,10 +178,15 @@ def embed_domain(
     settings,
     spec: str | None = None,
     limit: int | None = None,
+    up_to: int | None = None,
     run_id: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EmbedReport:
-    """Embeds what is missing for ``domain`` with ``spec`` (default: the settings')."""
+    """Embeds what is missing for ``domain`` with ``spec`` (default: the settings').
+
+    ``limit``: embed at most this many papers in this run. ``up_to``: stop once this many
+    of the domain's papers are embedded (a rerun then embeds nothing).
+    """
     import ray
 
     from infra.ray_runtime import ensure_ray
@@ -213,6 +218,8 @@ def embed_domain(
     total_pending = pending.height
     if limit is not None:
         pending = pending.head(limit)
+    if up_to is not None:
+        pending = pending.head(max(0, up_to - (texts.height - total_pending)))
     shards = plan_shards(pending, settings.embed_shard_size, name)
     log.info(
         "%s %s: %d papers, %d pending, %d shard(s)",

@@ -65,6 +65,19 @@ def fix_snapshot(
     )
 
 
+def snapshot_by_id(store: Store, domain: Domain, embedder: str, snap_id: str) -> Snapshot | None:
+    """An existing snapshot, to train on exactly the papers an earlier sweep used."""
+    rel = f"{Namespace(store, embedder, domain).folder}/_snapshots/{snap_id}.parquet"
+    try:
+        rows = store.read_parquet(rel, columns=["eval"])
+    except FileNotFoundError:
+        return None
+    n_eval = int(rows["eval"].sum())
+    return Snapshot(
+        snap_id, domain.name, embedder, rows.height - n_eval, n_eval, rel, store.uri(rel)
+    )
+
+
 def load_snapshot(
     store: Store, domain: Domain, snapshot: Snapshot
 ) -> tuple[np.ndarray, np.ndarray]:

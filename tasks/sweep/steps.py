@@ -1,0 +1,158 @@
+"""The sweep's Prefect tasks: each one step, each returning references (ids, URIs, small
+dicts), never tensors or frames. The flow in ``flows/sweep.py`` orders them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from infra.settings import get_settings
+from infra.store import Store, StoreError
+from tasks.corpus.domains import get_domain
+from tasks.embed.snapshot import Snapshot
+from tasks.sweep.train import CellRef, PackSpec
+
+log = logging.getLogger(__name__)
+
+
+class SweepInputError(ValueError):
+    """The sweep cannot start: no papers, no embeddings, an unknown snapshot."""
+
+
+def _store() -> Store:
+    return Store.from_settings(get_settings())
+
+
+@task(name="ensure-corpus", retries=2, retry_delay_seconds=exponential_backoff(2))
+def ensure_corpus(domain: str, source: str | None) -> dict:
+    """Ingest ``source`` (when given) and check the domain has papers."""
+    from tasks.corpus.ingest import ingest_source
+    from tasks.corpus.storage import corpus_dir, read_papers
+
+    store, dom = _store(), get_domain(domain)
+    counts: dict = {}
+    if source:
+        report = ingest_source(store, dom, source)
+        log.info("%s", report.summary())
+        counts = dict(report.counts)
+    papers = read_papers(store, dom).height
+    if papers == 0:
+        raise SweepInputError(
+            f"no papers for {domain} under {store.uri(corpus_dir(dom))}: pass a source "
+            f"(`sae sweep {domain} --source FILE`) or run `sae ingest {domain} FILE` first"
+        )
+    return {"papers": papers, **{f"ingest_{k}": v for k, v in counts.items()}}
+
+
+@task(name="ensure-embeddings", retries=2, retry_delay_seconds=exponential_backoff(2))
+def ensure_embeddings(domain: str, embedder: str | None, up_to: int | None) -> dict:
+    """Embed the papers that have no vector yet (at most until ``up_to`` are embedded)."""
+    from tasks.embed.run import embed_domain
+
+    settings = get_settings()
+    report = embed_domain(
+        _store(), get_domain(domain), settings=settings, spec=embedder, up_to=up_to
+    )
+    if report.embedded:
+        log.info("%s: embedded %d new papers", domain, report.embedded)
+    return asdict(report)
+
+
+@task(name="fix-snapshot")
+def fix_data_snapshot(
+    domain: str, embedder: str, limit: int | None, pinned: str | None
+) -> Snapshot:
+    """The fixed set of papers (ids + text hashes) the sweep trains on, with its split."""
+    from tasks.embed.snapshot import fix_snapshot, snapshot_by_id
+
+    store, dom = _store(), get_domain(domain)
+    if pinned:
+        snap = snapshot_by_id(store, dom, embedder, pinned)
+        if snap is None:
+            raise SweepInputError(f"no data snapshot {pinned!r} for {domain} and {embedder}")
+        return snap
+    return fix_snapshot(store, dom, embedder, limit=limit)
+
+
+@task(
+    name="train-pack",
+    task_run_name="{spec.label}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(3),
+    # Transient store errors are worth a retry; a bad configuration is not.
+    retry_condition_fn=lambda task, run, state: _transient(state),
+)
+def train_pack_task(spec: PackSpec) -> list[dict]:
+    """One Ray task: train the pack's unfinished cells, resuming from their checkpoints."""
+    import torch
+
+    from tasks.sweep.train import train_pack
+
+    settings = get_settings()
+    _use_assigned_cpus(torch)
+    refs = train_pack(spec, spec.store(), settings.home / "scratch", settings.torch_device())
+    return [r.as_dict() for r in refs]
+
+
+@task(name="log-cell", task_run_name="log-k{k}-n{n_latents}", retries=2, retry_delay_seconds=2)
+def log_cell_task(ctx, parent_id: str, ref: dict, k: int, n_latents: int) -> dict:
+    """The cell's child run and registered model version (each created once)."""
+    from infra.tracking import mlflow_client
+    from tasks.sweep.track import log_cell, register_cell
+
+    client = mlflow_client(get_settings())
+    cell = CellRef(**ref)
+    run_id = log_cell(client, _store(), ctx, parent_id, cell)
+    version = register_cell(client, ctx, cell, run_id)
+    return {"run_id": run_id, "version": version}
+
+
+def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> list[Path]:
+    """The parent run's plots: the NMSE-vs-k frontier, densities, training curves."""
+    from tasks.sweep.plots import density_histograms, pareto_plot, training_curves
+    from tasks.sweep.track import load_density, load_history
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{"k": r.k, "n_latents": r.n_latents, **r.metrics} for r in refs]
+    paths = [pareto_plot(rows, out / "nmse_vs_k.png", domain=domain)]
+    densities = {f"k{r.k}-n{r.n_latents}": load_density(store, r) for r in refs}
+    densities = {k: v for k, v in densities.items() if v is not None}
+    if densities:
+        paths.append(density_histograms(densities, out / "feature_density.png"))
+    curves = {
+        f"k{r.k}-n{r.n_latents}": [(s, m["train_nmse"]) for s, m in load_history(store, r)]
+        for r in refs
+    }
+    curves = {k: v for k, v in curves.items() if v}
+    if curves:
+        paths.append(training_curves(curves, out / "training_nmse.png"))
+    return paths
+
+
+def _transient(state) -> bool:
+    from sae.config import ConfigError
+    from sae.data import DataError
+
+    try:
+        state.result()
+    except (ConfigError, DataError, SweepInputError):
+        return False
+    except StoreError:
+        return True
+    except Exception:
+        return True
+    return False
+
+
+def _use_assigned_cpus(torch) -> None:
+    # Ray sets OMP_NUM_THREADS=1 in workers; a CPU pack should use the cores it was given.
+    import ray
+
+    if ray.is_initialized():
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if cpus:
+            torch.set_num_threads(max(1, int(cpus)))

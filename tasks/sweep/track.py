@@ -1,0 +1,282 @@
+"""Recording a sweep in MLflow: a parent run, one child run and one model version per cell.
+
+Every step looks for what an earlier attempt already recorded (runs by their tags, model
+versions by their run id) before creating anything, so retries and reruns never
+duplicate a run or a version. A child run counts only once its ``complete`` tag is set;
+one left half-logged by a crash is deleted and logged again.
+
+Names: params ``k, n_latents, batch_size, lr, epochs, d_in, embedder, data_snapshot,
+code_version``; final metrics as in :class:`sae.metrics.EvalMetrics`; per-step metrics
+``train_loss, train_nmse, train_auxk_loss, dead_fraction, lr``.
+
+Champion rule (one ``champion`` alias per domain): among the sweep's cells whose held-out
+dead fraction is at most ``champion_max_dead``, the lowest held-out NMSE; ties go to the
+smaller k, then the smaller n. If no cell qualifies, the lowest NMSE overall.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.store import Store
+from tasks.sweep.train import CELL_FILES, DENSITY_FILE, HISTORY_FILE, CellRef
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+_FINAL_METRICS = ("nmse", "log_feature_density", "act_mean", "dead_fraction", "auxk_loss", "l0")
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every run of one sweep in one domain shares."""
+
+    sweep_id: str
+    domain: str
+    experiment_id: str
+    data_snapshot: str
+    embedder: str
+    code_version: str
+    batch_size: int
+    lr: float
+    epochs: int
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "sweep_id": self.sweep_id,
+            "domain": self.domain,
+            "data_snapshot": self.data_snapshot,
+            "embedder": self.embedder,
+            "code_version": self.code_version,
+        }
+
+    def params(self) -> dict[str, str]:
+        return {
+            "batch_size": str(self.batch_size),
+            "lr": str(self.lr),
+            "epochs": str(self.epochs),
+            "embedder": self.embedder,
+            "data_snapshot": self.data_snapshot,
+            "code_version": self.code_version,
+        }
+
+
+def model_name(domain: str, k: int, n_latents: int) -> str:
+    return f"sae-{domain}-k{k}-n{n_latents}"
+
+
+def run_name(k: int, n_latents: int) -> str:
+    return f"k{k}-n{n_latents}"
+
+
+def open_parent(client, ctx: SweepContext, grid: dict) -> str:
+    """The sweep's parent run (found by its sweep id, or created), marked running."""
+    found = _search(client, ctx, "tags.run_kind = 'sweep'")
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(
+        ctx.experiment_id,
+        run_name=f"sweep-{ctx.sweep_id}",
+        tags={**ctx.tags(), "run_kind": "sweep"},
+    )
+    _log_params(client, run.info.run_id, {**ctx.params(), **grid})
+    return run.info.run_id
+
+
+def close_parent(client, run_id: str, ok: bool) -> None:
+    client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def log_cell(client, store: Store, ctx: SweepContext, parent_id: str, ref: CellRef) -> str:
+    """The cell's child run with params, curves, final metrics, files and model."""
+    for run in _search(client, ctx, f"tags.run_kind = 'cell' and tags.cell = '{ref.cell}'"):
+        if run.data.tags.get("complete") == "true":
+            return run.info.run_id
+        client.delete_run(run.info.run_id)  # half-logged by an earlier attempt
+    run = client.create_run(
+        ctx.experiment_id,
+        run_name=run_name(ref.k, ref.n_latents),
+        tags={
+            **ctx.tags(),
+            "run_kind": "cell",
+            "cell": ref.cell,
+            "mlflow.parentRunId": parent_id,
+        },
+    )
+    run_id = run.info.run_id
+    params = {**ctx.params(), "k": str(ref.k), "n_latents": str(ref.n_latents)}
+    params["d_in"] = str(ref.d_in)
+    _log_params(client, run_id, params)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = _fetch_cell(store, ref, Path(tmp))
+        _log_history(client, run_id, local / HISTORY_FILE)
+        _log_final(client, run_id, ref)
+        client.log_artifacts(run_id, str(local), "checkpoint")
+        model_id = _log_model(run_id, local)
+    client.set_tag(run_id, "model_id", model_id)
+    client.set_tag(run_id, "complete", "true")
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def register_cell(client, ctx: SweepContext, ref: CellRef, run_id: str) -> str:
+    """The model version of the cell's run (created once) in ``sae-{domain}-k{k}-n{n}``."""
+    from mlflow.exceptions import MlflowException
+
+    name = model_name(ctx.domain, ref.k, ref.n_latents)
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        return existing[0].version
+    try:
+        client.create_registered_model(
+            name, tags={"domain": ctx.domain}, description=f"TopK SAE, {ctx.domain}"
+        )
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    model_id = client.get_run(run_id).data.tags["model_id"]
+    version = client.create_model_version(
+        name,
+        source=f"models:/{model_id}",
+        run_id=run_id,
+        model_id=model_id,
+        tags={**ctx.tags(), "nmse": str(ref.metrics["nmse"])},
+    )
+    return version.version
+
+
+def choose_champion(refs: Sequence[CellRef], max_dead: float) -> CellRef:
+    if not refs:
+        raise ValueError("no finished cells to choose a champion from")
+    pool = [r for r in refs if r.metrics["dead_fraction"] <= max_dead] or list(refs)
+    return min(pool, key=lambda r: (r.metrics["nmse"], r.k, r.n_latents))
+
+
+def set_champion(client, ctx: SweepContext, ref: CellRef, version: str, run_ids: dict) -> None:
+    """Move the domain's ``champion`` alias to ``ref``'s version (off every other model)."""
+    name = model_name(ctx.domain, ref.k, ref.n_latents)
+    for model in client.search_registered_models(f"name LIKE 'sae-{ctx.domain}-k%'"):
+        if model.name != name and CHAMPION in (getattr(model, "aliases", None) or {}):
+            client.delete_registered_model_alias(model.name, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    for cell, run_id in run_ids.items():
+        client.set_tag(run_id, CHAMPION, "true" if cell == ref.cell else "false")
+
+
+def log_summary(client, parent_id: str, table_md: str, rows: list[dict], plots: list[Path]):
+    client.log_text(parent_id, table_md, "results.md")
+    client.log_dict(parent_id, {"cells": rows}, "results.json")
+    for path in plots:
+        client.log_artifact(parent_id, str(path), "plots")
+    best = min(rows, key=lambda r: r["nmse"])
+    client.log_metric(parent_id, "best_nmse", best["nmse"])
+    client.log_metric(parent_id, "cells_finished", len(rows))
+
+
+def load_history(store: Store, ref: CellRef) -> list[tuple[int, dict[str, float]]]:
+    try:
+        raw = store.read_json(f"{ref.folder}/{HISTORY_FILE}")
+    except FileNotFoundError:
+        return []
+    return sorted((int(s), m) for s, m in raw.items())
+
+
+def load_density(store: Store, ref: CellRef):
+    import io
+
+    import numpy as np
+
+    try:
+        return np.load(io.BytesIO(store.read_bytes(f"{ref.folder}/{DENSITY_FILE}")))
+    except FileNotFoundError:
+        return None
+
+
+def _search(client, ctx: SweepContext, extra: str):
+    query = f"tags.sweep_id = '{ctx.sweep_id}' and {extra}"
+    return client.search_runs([ctx.experiment_id], filter_string=query, max_results=50)
+
+
+def _log_params(client, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
+
+
+def _log_history(client, run_id: str, path: Path) -> None:
+    import json
+
+    from mlflow.entities import Metric
+
+    if not path.is_file():
+        return
+    # Older than the final metrics: "dead_fraction" is both, and the final one must win.
+    now = int(time.time() * 1000) - 1000
+    metrics = [
+        Metric(key, float(value), now, int(step))
+        for step, values in sorted((int(s), m) for s, m in json.loads(path.read_text()).items())
+        for key, value in values.items()
+    ]
+    for i in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
+
+
+def _log_final(client, run_id: str, ref: CellRef) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(ref.metrics[k]), now, ref.steps) for k in _FINAL_METRICS]
+    metrics.append(Metric("train_seconds", float(ref.seconds), now, ref.steps))
+    client.log_batch(run_id, metrics=metrics)
+
+
+def _fetch_cell(store: Store, ref: CellRef, tmp: Path) -> Path:
+    """The cell's published files (not the resume state) in a local folder."""
+    local = tmp / ref.cell
+    local.mkdir()
+    for name in CELL_FILES:
+        if name == "train_state.pt":
+            continue
+        try:
+            (local / name).write_bytes(store.read_bytes(f"{ref.folder}/{name}"))
+        except FileNotFoundError:
+            continue
+    return local
+
+
+def _log_model(run_id: str, local: Path) -> str:
+    """Logs the SAE as an MLflow pytorch model; returns its model id."""
+    import warnings
+
+    import mlflow
+
+    from infra.code_version import package_requirements
+    from sae.model import TopKSAE
+
+    model = TopKSAE.load(local)
+    mlflow_pytorch_log = logging.getLogger("mlflow.pytorch")
+    level = mlflow_pytorch_log.level
+    # Pickle is what loads back as a TopKSAE with mlflow.pytorch.load_model; "pt2" would
+    # need an input example and trace the graph. Its warning about pickle is known here.
+    mlflow_pytorch_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id, nested=True):
+            warnings.simplefilter("ignore")
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                # Given: inferring requirements costs seconds per model.
+                pip_requirements=package_requirements(),
+                serialization_format="pickle",
+            )
+    finally:
+        mlflow_pytorch_log.setLevel(level)
+    return info.model_id

@@ -1,0 +1,203 @@
+"""The sweep end to end: real Prefect server, local Ray, MLflow sqlite, the shared sample."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from infra.settings import get_settings
+from infra.store import Store
+from tasks.corpus.domains import get_domain
+
+CS = get_domain("cs.LG")
+SAMPLE = 240
+GRID = dict(k=[4, 8], n_latents=[32, 64], epochs=3, batch_size=32, lr=1e-3)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ray_for_module(prefect_api):
+    """A local Ray whose workers report task runs to the session's Prefect server."""
+    import ray
+
+    from infra.ray_runtime import ensure_ray
+
+    os.environ["PREFECT_API_URL"] = prefect_api
+    ensure_ray(get_settings())
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def embedded_template(tmp_path_factory, arxiv_data, ray_for_module):
+    """A store with SAMPLE cs.LG papers ingested and embedded once for the module."""
+    from infra.settings import Settings
+    from tasks.corpus.ingest import ingest_source
+    from tasks.embed.run import embed_domain
+
+    base = tmp_path_factory.mktemp("sweep_template")
+    store = Store(str(base / "store"))
+    ingest_source(store, CS, arxiv_data / "cs_lg.jsonl.gz", limit=SAMPLE)
+    embed_domain(store, CS, settings=Settings(home=base / "home", store=store.root))
+    return base / "store"
+
+
+@pytest.fixture
+def sweep_store(embedded_template, prefect_env):
+    settings = get_settings()
+    shutil.copytree(embedded_template, settings.store)
+    return Store.from_settings(settings)
+
+
+def _sweep(**overrides):
+    # The flow itself, in this process: the CLI around it is tested for its exits below.
+    from flows.sweep import sweep
+    from tasks.sweep.config import SweepParams
+
+    return sweep(SweepParams(domains=["cs.LG"], **{**GRID, **overrides}))
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(get_settings().tracking_uri)
+
+
+def _cell_runs(client, sweep_id=None):
+    exp = client.get_experiment_by_name("arxiv-sae/cs.LG")
+    query = "tags.run_kind = 'cell'" + (f" and tags.sweep_id = '{sweep_id}'" if sweep_id else "")
+    return client.search_runs([exp.experiment_id], filter_string=query)
+
+
+def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
+    import mlflow
+
+    from sae.config import RunInfo, SAEConfig, TrainConfig
+    from sae.model import TopKSAE
+    from sae.trainer import PackTrainer
+    from tasks.embed.snapshot import load_snapshot, snapshot_by_id
+
+    (result,) = _sweep()
+    assert not result.failed and len(result.cells) == 4 and result.champion
+
+    client = _client()
+    runs = _cell_runs(client)
+    assert len(runs) == 4
+    sweep_id = runs[0].data.tags["sweep_id"]
+    snap_id = runs[0].data.tags["data_snapshot"]
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["run_kind"] == "sweep" and parent.info.status == "FINISHED"
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        for tag in ("sweep_id", "domain", "data_snapshot", "embedder", "code_version"):
+            assert run.data.tags[tag] == parent.data.tags[tag]
+        assert {"k", "n_latents", "batch_size", "lr", "epochs", "d_in", "embedder"} <= set(
+            run.data.params
+        )
+        assert {"nmse", "log_feature_density", "act_mean", "dead_fraction", "auxk_loss"} <= set(
+            run.data.metrics
+        )
+        curve = client.get_metric_history(run.info.run_id, "train_nmse")
+        assert len(curve) >= 2 and len({m.step for m in curve}) == len(curve)
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/nmse_vs_k.png", "plots/feature_density.png", "plots/training_nmse.png"} <= plots
+
+    # The sweep's cell equals the same cell trained directly on the snapshot's rows.
+    snap = snapshot_by_id(sweep_store, CS, parents_embedder(parent), snap_id)
+    x_train, x_eval = load_snapshot(sweep_store, CS, snap)
+    ref = PackTrainer(
+        [SAEConfig(d_in=x_train.shape[1], n_latents=64, k=8)],
+        TrainConfig(batch_size=32, lr=1e-3, epochs=3, log_every_steps=10),
+        run=RunInfo(domain="cs.LG"),
+    ).fit(torch.from_numpy(x_train), torch.from_numpy(x_eval))[0]
+    folder = f"{get_settings().store}/sae/{sweep_id}/csLG_8_64_32"
+    stored = TopKSAE.load(folder)
+    run = next(r for r in runs if r.data.params["k"] == "8" and r.data.params["n_latents"] == "64")
+    assert run.data.metrics["nmse"] == pytest.approx(ref.metrics.nmse, rel=1e-4)
+
+    # One registered model per cell; exactly one champion; both loaders give the weights.
+    versions = client.search_model_versions("name LIKE 'sae-cs.LG-k%'")
+    assert sorted(v.name for v in versions) == sorted(
+        f"sae-cs.LG-k{k}-n{n}" for k in (4, 8) for n in (32, 64)
+    )
+    champions = [m for m in client.search_registered_models() if "champion" in (m.aliases or {})]
+    assert len(champions) == 1
+    loaded = mlflow.pytorch.load_model("models:/sae-cs.LG-k8-n64/1")
+    assert torch.equal(loaded.W_enc, stored.W_enc)
+    ckpt = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoint")
+    assert torch.equal(TopKSAE.load(ckpt).W_dec, stored.W_dec)
+
+    # A rerun: nothing retrained, no new run, no new model version.
+    states = sorted(sweep_store.list(f"sae/{sweep_id}", "*/train_state.pt"))
+    mtimes = [os.path.getmtime(f"{get_settings().store}/{p}") for p in states]
+    (again,) = _sweep()
+    assert again.cells == result.cells and again.champion == result.champion
+    assert [os.path.getmtime(f"{get_settings().store}/{p}") for p in states] == mtimes
+    assert len(_cell_runs(client)) == 4
+    assert len(client.search_model_versions("name LIKE 'sae-cs.LG-k%'")) == 4
+
+
+def parents_embedder(parent) -> str:
+    return parent.data.tags["embedder"]
+
+
+def _pack_worker_pids() -> list[int]:
+    """Ray names a worker process after the task it runs: ``ray::train-pack``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read().startswith(b"ray::train-pack"):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(sweep_store):
+    import signal
+    import threading
+    import time
+
+    from sae.config import RunInfo, SAEConfig, TrainConfig
+    from sae.model import TopKSAE
+    from sae.trainer import PackTrainer
+    from tasks.embed.snapshot import load_snapshot
+
+    params = dict(k=[8], n_latents=[1024], epochs=150)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(r=_sweep(**params)))
+    thread.start()
+    killed, deadline = None, time.monotonic() + 240
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        states = sweep_store.list("sae", "*/csLG_8_1024_32/train_state.pt")
+        done = sweep_store.list("sae", "*/csLG_8_1024_32/metrics.json")
+        pids = _pack_worker_pids()
+        if states and not done and pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.05)
+    thread.join(300)
+    assert killed is not None, "the pack finished before it could be killed: make it longer"
+    (result,) = outcome["r"]
+    assert not result.failed and len(result.cells) == 1
+
+    # Exact resume: the killed-and-resumed cell equals the cell trained without a break.
+    from tasks.embed.snapshot import snapshot_by_id
+
+    snap = snapshot_by_id(sweep_store, CS, "minilm-l6-v2", result.data_snapshot)
+    x_train, x_eval = load_snapshot(sweep_store, CS, snap)
+    ref = PackTrainer(
+        [SAEConfig(d_in=x_train.shape[1], n_latents=1024, k=8)],
+        TrainConfig(batch_size=32, lr=1e-3, epochs=150, log_every_steps=10),
+        run=RunInfo(domain="cs.LG"),
+    )
+    ref.fit(torch.from_numpy(x_train), torch.from_numpy(x_eval))
+    stored = TopKSAE.load(f"{get_settings().store}/sae/{result.sweep_id}/csLG_8_1024_32")
+    torch.testing.assert_close(stored.W_dec, ref.model("csLG_8_1024_32").W_dec)
