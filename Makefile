@@ -1,13 +1,18 @@
 # The two quickstart commands: `make run` and `make test` (each installs first).
 VENV ?= .venv
+# The shared arXiv sample (see its PROVENANCE.md); point elsewhere with ARXIV_DATA=...
+ARXIV_DATA ?= ../shared/data/arxiv
 
 .PHONY: install run test lint bench lock
 
 install:
 	@VENV=$(VENV) bash .ci/install
 
+# A small sweep end to end: ingest the cs.LG sample, embed 2,000 abstracts, train a
+# 2 x 2 grid through Prefect and Ray, record it in MLflow and print the results.
 run: install
-	$(VENV)/bin/sae train
+	$(VENV)/bin/sae sweep cs.LG --source $(ARXIV_DATA)/cs_lg.jsonl.gz --limit 2000 \
+	  --k 16,32 --n 3072,4608 --epochs 10 --batch-size 256 --lr 1e-3
 
 test: install
 	$(VENV)/bin/ruff check .

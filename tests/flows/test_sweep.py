@@ -20,8 +20,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def ray_for_module(prefect_api):
-    """A local Ray whose workers report task runs to the session's Prefect server."""
+def ray_for_module(prefect_api, s3_endpoint):
+    """A local Ray whose workers report task runs to the session's Prefect server (and
+    have the S3 test keys in their environment)."""
     import ray
 
     from infra.ray_runtime import ensure_ray
@@ -201,3 +202,51 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
     ref.fit(torch.from_numpy(x_train), torch.from_numpy(x_eval))
     stored = TopKSAE.load(f"{get_settings().store}/sae/{result.sweep_id}/csLG_8_1024_32")
     torch.testing.assert_close(stored.W_dec, ref.model("csLG_8_1024_32").W_dec)
+
+
+def test_the_sweep_with_the_store_on_s3_and_an_mlflow_server(
+    embedded_template, s3_store_root, s3_endpoint, prefect_env, monkeypatch
+):
+    """Checkpoints, plots and models all land in the S3 store; models load back over HTTP."""
+    import mlflow
+
+    from infra.local_stack import start_mlflow_server
+    from sae.config import parse_cell_name
+    from sae.model import TopKSAE
+
+    store = Store.from_settings(get_settings())
+    for path in sorted(embedded_template.rglob("*")):
+        if path.is_file():
+            store.write_bytes(path.relative_to(embedded_template).as_posix(), path.read_bytes())
+    server = start_mlflow_server(get_settings()).wait_healthy(180)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_endpoint)
+    try:
+        (result,) = _sweep(k=[4], n_latents=[32, 64])
+        assert not result.failed and len(result.cells) == 2
+
+        cell = f"sae/{result.sweep_id}/csLG_4_64_32"
+        for name in ("model.safetensors", "cfg.json", "metrics.json", "history.json"):
+            assert store.exists(f"{cell}/{name}"), name
+        artifacts = store.list("mlflow/cs_lg", "**")
+        assert any(a.endswith("plots/nmse_vs_k.png") for a in artifacts)
+        assert any(a.endswith("MLmodel") for a in artifacts)
+        assert not any(".tmp" in a for a in store.list("sae", "**"))
+
+        mlflow.set_tracking_uri(server.url)
+        _, k, n, _ = parse_cell_name(result.champion)
+        champion = mlflow.pytorch.load_model(f"models:/sae-cs.LG-k{k}-n{n}@champion")
+        direct = TopKSAE.load(_download(store, f"sae/{result.sweep_id}/{result.champion}"))
+        assert torch.equal(champion.W_enc, direct.W_enc)
+    finally:
+        server.stop()
+
+
+def _download(store: Store, folder: str):
+    import tempfile
+    from pathlib import Path
+
+    local = Path(tempfile.mkdtemp())
+    for name in ("model.safetensors", "cfg.json"):
+        (local / name).write_bytes(store.read_bytes(f"{folder}/{name}"))
+    return local

@@ -1,0 +1,119 @@
+"""What orchestration costs: a 4-cell sweep through Prefect, Ray and MLflow vs the same
+training called directly, and a rerun of the finished sweep.
+
+    python -m flows.bench [--papers 2000] [--epochs 10] [--data ../shared/data/arxiv]
+
+The papers are ingested and embedded once, up front, into a template store (not
+timed); each timed run gets a fresh SAE_HOME with a copy of it, so it starts its own
+Prefect server, Ray and MLflow database as a first run on a new machine would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+K, N = "16,32", "3072,4608"
+
+
+def _prepare(base: Path, data: Path, papers: int) -> Path:
+    from infra.settings import Settings
+    from infra.store import Store
+    from tasks.corpus.domains import get_domain
+    from tasks.corpus.ingest import ingest_source
+    from tasks.embed.run import embed_domain
+
+    store = Store(str(base / "template"))
+    cs = get_domain("cs.LG")
+    ingest_source(store, cs, data / "cs_lg.jsonl.gz")
+    t0 = time.perf_counter()
+    report = embed_domain(
+        store, cs, settings=Settings(home=base / "prep", store=store.root), up_to=papers
+    )
+    print(f"prepared: {report.embedded} embedded in {time.perf_counter() - t0:.1f} s (untimed)")
+    return base / "template"
+
+
+def _direct(template: Path, papers: int, epochs: int, batch: int, lr: float) -> float:
+    """Snapshot + the same 4-cell pack, called in this process: the training floor."""
+    import torch
+
+    from infra.store import Store
+    from sae.config import SAEConfig, TrainConfig
+    from sae.trainer import PackTrainer
+    from tasks.corpus.domains import get_domain
+    from tasks.embed.embedders import embedder_name
+    from tasks.embed.snapshot import fix_snapshot, load_snapshot
+
+    t0 = time.perf_counter()
+    store, cs = Store(str(template)), get_domain("cs.LG")
+    snap = fix_snapshot(store, cs, embedder_name("minilm"), limit=papers)
+    x_train, x_eval = load_snapshot(store, cs, snap)
+    cells = [
+        SAEConfig(d_in=x_train.shape[1], n_latents=int(n), k=int(k))
+        for k in K.split(",")
+        for n in N.split(",")
+    ]
+    PackTrainer(cells, TrainConfig(batch_size=batch, lr=lr, epochs=epochs)).fit(
+        torch.from_numpy(x_train), torch.from_numpy(x_eval)
+    )
+    return time.perf_counter() - t0
+
+
+def _sweep(home: Path, papers: int, epochs: int, batch: int, lr: float) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(SAE_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("SAE_STORE", None)
+    argv = [sys.executable, "-m", "flows.cli", "sweep", "cs.LG", "--k", K, "--n", N]
+    argv += ["--limit", str(papers), "--epochs", str(epochs), "--batch-size", str(batch)]
+    argv += ["--lr", str(lr)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(
+            f"sae sweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
+    return seconds
+
+
+def main() -> None:
+    default_data = Path(__file__).resolve().parents[2] / "shared" / "data" / "arxiv"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--papers", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("SAE_ARXIV_DATA", default_data))
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        template = _prepare(base, args.data, args.papers)
+        direct = _direct(template, args.papers, args.epochs, args.batch_size, args.lr)
+        home = base / "home"
+        shutil.copytree(template, home / "store")
+        first = _sweep(home, args.papers, args.epochs, args.batch_size, args.lr)
+        again = _sweep(home, args.papers, args.epochs, args.batch_size, args.lr)
+
+    print(
+        f"4 cells (k {K} x n {N}), {args.papers} papers, {args.epochs} epochs, "
+        f"batch {args.batch_size}, {os.cpu_count()} CPU cores"
+    )
+    print(f"  direct (snapshot + PackTrainer):      {direct:7.1f} s")
+    print(f"  sae sweep (Prefect + Ray + MLflow):   {first:7.1f} s")
+    print(f"  orchestration overhead:               {first - direct:7.1f} s  (target <= 30 s)")
+    print(f"  rerun of the finished sweep:          {again:7.1f} s  (target <= 20 s)")
+
+
+if __name__ == "__main__":
+    main()
