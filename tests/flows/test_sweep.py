@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from flows.cli import app
 from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
@@ -133,6 +134,25 @@ def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
     ckpt = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoint")
     assert torch.equal(TopKSAE.load(ckpt).W_dec, stored.W_dec)
 
+    # Prefect: the pack's task run is named by its cells; progress and results artifacts.
+    names, artifacts = _prefect_records()
+    assert any(n.startswith("train-k") and "-n" in n for n in names), names
+    assert {"log-k4-n32", "log-k8-n64"} <= set(names)
+    assert {"progress", "markdown"} <= {a.type for a in artifacts}
+
+    # `sae runs` shows the four cells and the champion.
+    table = runner.invoke(app, ["runs", "--sweep", sweep_id])
+    assert table.exit_code == 0, table.output
+    assert table.output.count("| cs.LG") == 4 and "*" in table.output
+
+    # An attempt that died half way through logging a cell left a run without the
+    # `complete` tag: the rerun deletes it instead of adding a fifth.
+    half = client.create_run(
+        parent.info.experiment_id,
+        tags={**{t: parent.data.tags[t] for t in ("sweep_id", "domain")}, "run_kind": "cell",
+              "cell": "csLG_4_32_32", "mlflow.parentRunId": parent.info.run_id},
+    )  # fmt: skip
+
     # A rerun: nothing retrained, no new run, no new model version.
     states = sorted(sweep_store.list(f"sae/{sweep_id}", "*/train_state.pt"))
     mtimes = [os.path.getmtime(f"{get_settings().store}/{p}") for p in states]
@@ -140,7 +160,21 @@ def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
     assert again.cells == result.cells and again.champion == result.champion
     assert [os.path.getmtime(f"{get_settings().store}/{p}") for p in states] == mtimes
     assert len(_cell_runs(client)) == 4
+    assert client.get_run(half.info.run_id).info.lifecycle_stage == "deleted"
     assert len(client.search_model_versions("name LIKE 'sae-cs.LG-k%'")) == 4
+
+
+def _prefect_records():
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_task_runs(limit=200)
+            return [r.name for r in runs], await client.read_artifacts(limit=200)
+
+    return asyncio.run(read())
 
 
 def parents_embedder(parent) -> str:
