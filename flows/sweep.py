@@ -81,7 +81,7 @@ def train_packs(specs: list[PackSpec], resources: dict, total_cells: int, done_c
     return refs, errors
 
 
-@flow(name="sweep", log_prints=True)
+@flow(name="sweep")
 def sweep(params: SweepParams = SweepParams()) -> list[DomainResult]:  # noqa: B008
     """Train the k x n grid of TopK SAEs per domain and record it in MLflow."""
     from infra.code_version import code_version

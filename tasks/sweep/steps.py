@@ -11,7 +11,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from infra.settings import get_settings
-from infra.store import Store, StoreError
+from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.embed.snapshot import Snapshot
 from tasks.sweep.train import CellRef, PackSpec
@@ -134,6 +134,7 @@ def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> lis
 
 
 def _transient(state) -> bool:
+    """Retry what may pass (a store hiccup, a lost node), not a bad configuration."""
     from sae.config import ConfigError
     from sae.data import DataError
 
@@ -141,8 +142,6 @@ def _transient(state) -> bool:
         state.result()
     except (ConfigError, DataError, SweepInputError):
         return False
-    except StoreError:
-        return True
     except Exception:
         return True
     return False
