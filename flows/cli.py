@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from flows.cli_common import DOMAIN_HELP, fail, parse_date, setup_logging
+
 app = typer.Typer(
     help="Train sparse autoencoders (TopK SAEs) on embeddings of arXiv abstracts.",
     no_args_is_help=True,
@@ -186,28 +188,6 @@ def results_table(results) -> str:
     return "\n".join(lines)
 
 
-def _setup_logging(own_handler: bool = True) -> None:
-    """INFO from our packages; ``own_handler=False`` when Prefect's console handler shows them."""
-    import logging
-
-    if not own_handler:
-        for name in ("tasks", "infra", "flows"):
-            logging.getLogger(name).setLevel(logging.INFO)
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    for name in ("tasks", "infra", "flows"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        if not logger.handlers:
-            logger.addHandler(handler)
-
-
-def _fail(exc: Exception, code: int = 2):
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(code)
-
-
 def _store_and_domain(domain: str):
     from infra.settings import get_settings
     from infra.store import Store
@@ -217,12 +197,9 @@ def _store_and_domain(domain: str):
     return settings, Store.from_settings(settings), get_domain(domain)
 
 
-_DOMAIN_HELP = "cs.LG or astro-ph (or their folder names cs_lg, astro_ph)."
-
-
 @app.command()
 def ingest(
-    domain: Annotated[str, typer.Argument(help=_DOMAIN_HELP)],
+    domain: Annotated[str, typer.Argument(help=DOMAIN_HELP)],
     source: Annotated[str, typer.Argument(help="A file or folder of arXiv metadata.")],
     format: Annotated[
         str,
@@ -244,12 +221,12 @@ def ingest(
     from tasks.corpus.ingest import ingest_source
     from tasks.corpus.readers import SourceError
 
-    _setup_logging()
+    setup_logging()
     try:
         _, store, dom = _store_and_domain(domain)
         report = ingest_source(store, dom, source, format or None, limit or None)
     except (UnknownDomainError, SourceError, StoreError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(report.summary())
     for problem in report.input_errors:
         typer.echo(f"warning: the input itself is damaged: {problem}", err=True)
@@ -257,20 +234,9 @@ def ingest(
         raise typer.Exit(1)
 
 
-def _date(value: str, option: str):
-    from datetime import date
-
-    if not value:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{option} takes YYYY-MM-DD, got {value!r}") from None
-
-
 @app.command()
 def harvest(
-    domain: Annotated[str, typer.Argument(help=_DOMAIN_HELP)],
+    domain: Annotated[str, typer.Argument(help=DOMAIN_HELP)],
     since: Annotated[
         str, typer.Option(help="YYYY-MM-DD; default: the domain's watermark (less 2 days).")
     ] = "",
@@ -288,7 +254,7 @@ def harvest(
     from tasks.corpus.ingest import harvest as run_harvest
     from tasks.corpus.storage import WatermarkError
 
-    _setup_logging()
+    setup_logging()
     if source not in ("api", "oai"):
         raise typer.BadParameter(f"--source takes 'api' or 'oai', got {source!r}")
     stats = HarvestStats()
@@ -302,15 +268,15 @@ def harvest(
         report = run_harvest(
             store,
             dom,
-            since=_date(since, "--since"),
-            until=_date(until, "--until"),
+            since=parse_date(since, "--since"),
+            until=parse_date(until, "--until"),
             source=source,
             config=config,
             limit=limit or None,
             stats=stats,
         )
     except (UnknownDomainError, HarvestError, StoreError, WatermarkError, ValueError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(report.summary())
     typer.echo(f"  {stats.requests} request(s), {stats.retries} retried")
     if report.watermark:
@@ -319,7 +285,7 @@ def harvest(
 
 @app.command()
 def embed(
-    domain: Annotated[str, typer.Argument(help=_DOMAIN_HELP)],
+    domain: Annotated[str, typer.Argument(help=DOMAIN_HELP)],
     embedder: Annotated[
         str, typer.Option(help="minilm, st:<model> or openai:<model>; default SAE_EMBEDDER.")
     ] = "",
@@ -335,7 +301,7 @@ def embed(
     from tasks.embed.manifest import EmbeddingStoreError
     from tasks.embed.run import EmbedFailedError, EmptyCorpusError, embed_domain
 
-    _setup_logging()
+    setup_logging()
     bar = None
 
     def on_progress(done: int, total: int) -> None:
@@ -363,7 +329,7 @@ def embed(
         EmbedFailedError,
         RayUnavailableError,
     ) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         if bar is not None:
             bar.close()
@@ -379,7 +345,7 @@ def embed(
 @app.command()
 def sweep(
     domain: Annotated[
-        str, typer.Argument(help=_DOMAIN_HELP + " Several: comma-separated.")
+        str, typer.Argument(help=DOMAIN_HELP + " Several: comma-separated.")
     ] = "cs.LG",
     k: Annotated[str, typer.Option(help="Comma-separated k values.")] = "16,32,64,128",
     n_latents: Annotated[
@@ -413,7 +379,7 @@ def sweep(
 
     from tasks.sweep.config import SweepParams
 
-    _setup_logging(own_handler=False)
+    setup_logging(own_handler=False)
     try:
         params = SweepParams(
             domains=[d.strip() for d in domain.split(",") if d.strip()],
@@ -431,7 +397,7 @@ def sweep(
             n_packs=n_packs or None,
         )
     except ValidationError as exc:
-        raise _fail(_validation_message(exc)) from exc
+        raise fail(_validation_message(exc)) from exc
     results = _run_sweep(params)
     from flows.sweep import results_markdown
 
@@ -468,7 +434,7 @@ def _run_sweep(params):
             try:
                 return sweep(params)
             except SweepFailedError as exc:
-                raise _fail(exc, 1) from exc
+                raise fail(exc, 1) from exc
     except (
         StackError,
         StoreError,
@@ -479,9 +445,9 @@ def _run_sweep(params):
         EmptyCorpusError,
         EmbeddingStoreError,
     ) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     except EmbedFailedError as exc:
-        raise _fail(exc, 1) from exc
+        raise fail(exc, 1) from exc
 
 
 def _import_flow() -> None:
@@ -510,7 +476,7 @@ def runs(
         client = mlflow_client(get_settings())
         typer.echo(runs_table(client, domains=domain or None, sweep_id=sweep_id or None))
     except (StackError, LookupError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 def _load_matrix(data: str, limit: int, seed: int):
@@ -546,9 +512,11 @@ def _load_matrix(data: str, limit: int, seed: int):
     return x, f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}-{x.shape[0]}"
 
 
+from flows.reembed_cli import register as register_reembed  # noqa: E402
 from flows.stack_cli import register  # noqa: E402
 
 register(app)
+register_reembed(app)
 
 if __name__ == "__main__":
     app()

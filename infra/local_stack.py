@@ -325,7 +325,7 @@ def start_prefect_server(
         env.pop(name, None)
     if not persistent:
         env.update(dict.fromkeys(_RUN_SERVER_OFF, "false"))
-    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST]
+    argv = [sys.executable, "-m", "infra.prefect_server", "server", "start", "--host", HOST]
     argv += ["--port", str(port)]
     return _spawn(
         settings,
