@@ -367,6 +367,9 @@ def sweep(
     ] = "",
     gpus_per_pack: Annotated[float, typer.Option(help="Default: SAE_PACK_GPUS.")] = 0.0,
     n_packs: Annotated[int, typer.Option(help="Default: one per GPU, one on CPU.")] = 0,
+    checkpoint_every_s: Annotated[
+        float, typer.Option(help="Checkpoint at epoch ends at most this often (0: every one).")
+    ] = 60.0,
 ) -> None:
     """Run the sweep flow: every k x n cell for DOMAIN, tracked in MLflow; print the results.
 
@@ -395,6 +398,7 @@ def sweep(
             data_snapshot=data_snapshot or None,
             gpus_per_pack=gpus_per_pack or None,
             n_packs=n_packs or None,
+            checkpoint_every_s=checkpoint_every_s,
         )
     except ValidationError as exc:
         raise fail(_validation_message(exc)) from exc
@@ -413,46 +417,56 @@ def sweep(
 
 def _run_sweep(params):
     """Runs the flow against a Prefect server for this run; exit codes for the failures."""
-    from infra.local_stack import StackError, check_mlflow, prefect_for_run
-    from infra.ray_runtime import RayUnavailableError
+    from infra.local_stack import check_mlflow, prefect_for_run
     from infra.settings import get_settings
-    from infra.store import Store, StoreError
-    from infra.tracking import TrackingUnavailableError
-    from sae.config import ConfigError
-    from tasks.embed.manifest import EmbeddingStoreError
-    from tasks.embed.run import EmbedFailedError, EmptyCorpusError
-    from tasks.sweep.steps import SweepInputError
+    from infra.store import Store
 
     settings = get_settings()
     try:
         # Fail at once on what is misconfigured, before any server starts.
         check_mlflow(settings)
         Store.from_settings(settings).check_writable()
-        with prefect_for_run(settings, while_booting=_import_flow):
-            from flows.sweep import SweepFailedError, sweep
+        with prefect_for_run(settings, while_booting=lambda: _warm_up(settings)):
+            from flows.sweep import sweep
 
-            try:
-                return sweep(params)
-            except SweepFailedError as exc:
-                raise fail(exc, 1) from exc
-    except (
-        StackError,
-        StoreError,
-        TrackingUnavailableError,
-        RayUnavailableError,
-        ConfigError,
-        SweepInputError,
-        EmptyCorpusError,
-        EmbeddingStoreError,
-    ) as exc:
-        raise fail(exc) from exc
-    except EmbedFailedError as exc:
-        raise fail(exc, 1) from exc
+            return sweep(params)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        code = _sweep_exit_code(exc)
+        if code is None:
+            raise
+        raise fail(exc, code) from exc
 
 
-def _import_flow() -> None:
-    # Imported while the Prefect server boots: torch, MLflow and Prefect take seconds.
+def _sweep_exit_code(exc: Exception) -> int | None:
+    """1: some cells or shards failed (rerun to resume); 2: bad input or a service down."""
+    from flows.sweep import SweepFailedError
+    from infra.local_stack import StackError
+    from infra.ray_runtime import RayUnavailableError
+    from infra.store import StoreError
+    from infra.tracking import TrackingUnavailableError
+    from sae.config import ConfigError
+    from tasks.embed.manifest import EmbeddingStoreError
+    from tasks.embed.run import EmbedFailedError, EmptyCorpusError
+    from tasks.sweep.steps import SweepInputError
+
+    if isinstance(exc, SweepFailedError | EmbedFailedError):
+        return 1
+    bad_input = (
+        StackError, StoreError, TrackingUnavailableError, RayUnavailableError, ConfigError,
+        SweepInputError, EmptyCorpusError, EmbeddingStoreError,
+    )  # fmt: skip
+    return 2 if isinstance(exc, bad_input) else None
+
+
+def _warm_up(settings) -> None:
+    """While the Prefect server boots: import the flow (torch, MLflow, Prefect take
+    seconds) and open the MLflow store (a new sqlite file migrates for seconds)."""
     import flows.sweep  # noqa: F401
+    from infra.tracking import mlflow_client
+
+    mlflow_client(settings).search_experiments(max_results=1)
 
 
 def _validation_message(exc) -> str:

@@ -162,6 +162,7 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
     all_cells = PackSpec(
         sid, store.root, store.storage_options, domain, snap, params.cells(),
         params.batch_size, params.epochs, params.lr, params.seed, code_version(),
+        checkpoint_min_interval_s=params.checkpoint_every_s,
     )  # fmt: skip
     done = finished_cells(store, all_cells)
     refs = [r.as_dict() for r in done.values()]

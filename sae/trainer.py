@@ -90,6 +90,9 @@ class PackTrainer:
     ``on_log(cell_name, step, metrics)``: called every ``log_every_steps``.
     ``on_checkpoint(cell_dirs)``: called after each checkpoint is on disk (e.g. to copy
     the folders to remote storage, so a restarted worker elsewhere can resume).
+    ``checkpoint_min_interval_s``: skip an epoch-end checkpoint written sooner than this
+    after the previous one (short epochs would spend more time saving than training;
+    a crash then costs at most this much work). The final one is always written.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class PackTrainer:
         device: str | torch.device | None = None,
         on_log: LogFn | None = None,
         on_checkpoint: CheckpointFn | None = None,
+        checkpoint_min_interval_s: float = 0.0,
     ):
         if not configs:
             raise ConfigError("a pack needs at least one cell")
@@ -122,6 +126,8 @@ class PackTrainer:
         )
         self.on_log = on_log
         self.on_checkpoint = on_checkpoint
+        self.checkpoint_min_interval_s = checkpoint_min_interval_s
+        self._last_checkpoint = 0.0
         self._cells: list[_Cell] = []
         self.epoch_seconds: list[float] = []
         """Wall time of each epoch's step loop in the last fit (no init, export or eval)."""
@@ -151,6 +157,7 @@ class PackTrainer:
         cells = self._build_cells(x_train, total)
         self._cells = cells
         self.epoch_seconds = []
+        self._last_checkpoint = time.monotonic()
 
         pending = [c for c in cells if not c.done]
         start = min((c.step for c in pending), default=total)
@@ -172,7 +179,8 @@ class PackTrainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.epoch_seconds.append(time.perf_counter() - t_epoch)
-            self._checkpoint(pending, epoch + 1, 0, export=True)
+            if time.monotonic() - self._last_checkpoint >= self.checkpoint_min_interval_s:
+                self._checkpoint(pending, epoch + 1, 0, export=True)
 
         for c in pending:
             t0 = time.perf_counter()
@@ -309,6 +317,7 @@ class PackTrainer:
             atomic_torch_save(self._state(c, epoch, step_in_epoch), d / STATE_FILE)
             if export:
                 save_sae(c.model, d, self.train, self.run)
+        self._last_checkpoint = time.monotonic()
         if self.on_checkpoint is not None:
             self.on_checkpoint([self._dir(c) for c in cells])  # type: ignore[misc]
 

@@ -48,6 +48,12 @@ class SweepParams(BaseModel):
     n_packs: int | None = Field(
         default=None, gt=0, description="Packs per domain; None: one per GPU (one on CPU)."
     )
+    checkpoint_every_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Checkpoint at an epoch end once this long has passed since the last "
+        "one (a killed pack loses at most this much work); 0: every epoch.",
+    )
     champion_max_dead: float = Field(
         default=0.05,
         ge=0,

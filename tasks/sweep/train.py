@@ -52,6 +52,7 @@ class PackSpec:
     seed: int
     code_version: str
     checkpoint_every_steps: int = 0
+    checkpoint_min_interval_s: float = 60.0
     log_every_steps: int = 10
 
     def store(self) -> Store:
@@ -163,6 +164,7 @@ def train_pack(spec: PackSpec, store: Store, scratch: Path, device: str) -> list
         device=device,
         on_log=on_log,
         on_checkpoint=on_checkpoint,
+        checkpoint_min_interval_s=spec.checkpoint_min_interval_s,
     )
     log.info("%s: training %d cell(s) on %d x %d", spec.label, len(todo), *x_train.shape)
     results = trainer.fit(torch.from_numpy(x_train), torch.from_numpy(x_eval))

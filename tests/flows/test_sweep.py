@@ -205,7 +205,7 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
     from sae.trainer import PackTrainer
     from tasks.embed.snapshot import load_snapshot
 
-    params = dict(k=[8], n_latents=[1024], epochs=150)
+    params = dict(k=[8], n_latents=[1024], epochs=150, checkpoint_every_s=0)
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(r=_sweep(**params)))
     thread.start()

@@ -95,6 +95,28 @@ def test_a_finished_pack_is_not_retrained(tmp_path, make_data):
     assert again[0].metrics == first[0].metrics
 
 
+@pytest.mark.parametrize(("interval", "epoch_ends"), [(0.0, 3), (3600.0, 0)])
+def test_epoch_end_checkpoints_respect_the_minimum_interval(
+    tmp_path, make_data, interval, epoch_ends
+):
+    x = make_data(300, D)
+    calls = []
+    trainer = PackTrainer(
+        _cfgs((4, 64), (8, 64)),
+        _train(epochs=3),
+        out_dir=tmp_path,
+        on_checkpoint=lambda dirs: calls.append(sorted(d.name for d in dirs)),
+        checkpoint_min_interval_s=interval,
+    )
+    results = trainer.fit(x)
+    names = sorted(r.name for r in results)
+    # Every epoch end checkpoints both cells at once, then each cell's final state alone.
+    assert calls[:epoch_ends] == [names] * epoch_ends
+    assert sorted(c[0] for c in calls[epoch_ends:]) == names
+    assert len(calls) == epoch_ends + 2
+    assert all((tmp_path / n / "train_state.pt").is_file() for n in names)
+
+
 def test_changed_settings_do_not_resume_silently(tmp_path, make_data):
     x = make_data(300, D)
     PackTrainer(_cfgs((4, 64)), _train(), out_dir=tmp_path).fit(x)
