@@ -37,6 +37,9 @@ def _prepare(base: Path, data: Path, papers: int) -> Path:
         store, cs, settings=Settings(home=base / "prep", store=store.root), up_to=papers
     )
     print(f"prepared: {report.embedded} embedded in {time.perf_counter() - t0:.1f} s (untimed)")
+    import ray
+
+    ray.shutdown()  # the timed runs start their own, as on a fresh machine
     return base / "template"
 
 
