@@ -38,7 +38,15 @@ def mlflow_client(settings: Settings):
     check_mlflow(settings)
     if uri.startswith("sqlite:///"):
         settings.home.mkdir(parents=True, exist_ok=True)
+    # For the fluent calls (log_model). mlflow.set_tracking_uri also exports
+    # MLFLOW_TRACKING_URI, which our settings read: put it back, so a later run in this
+    # process (another SAE_HOME) does not inherit this one's tracking store.
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     return MlflowClient(tracking_uri=uri)
 
 
