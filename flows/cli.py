@@ -260,11 +260,7 @@ def harvest(
     stats = HarvestStats()
     try:
         settings, store, dom = _store_and_domain(domain)
-        config = HarvestConfig(
-            api_url=settings.harvest_api_url,
-            oai_url=settings.harvest_oai_url,
-            min_interval_s=settings.harvest_min_interval_s,
-        )
+        config = HarvestConfig.from_settings(settings)
         report = run_harvest(
             store,
             dom,

@@ -128,24 +128,28 @@ class Store:
         path = self._path(rel)
         try:
             if self.is_local:
-                folder = os.path.dirname(path)
-                os.makedirs(folder, exist_ok=True)
-                tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-                try:
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, path)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+                _write_local(path, data, os.replace)
             else:
                 # One PUT per attempt: an object exists whole or not at all.
                 self._retry("write", rel, lambda: self.fs.pipe_file(path, data))
         except Exception as exc:
             raise self._wrap("write", rel, exc) from exc
         return self.uri(rel)
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Writes ``rel`` whole unless it exists (False then): atomic and exclusive, so two
+        writers racing for one name (a lock) never both win."""
+        path = self._path(rel)
+        try:
+            if self.is_local:
+                _write_local(path, data, os.link)  # link fails if the name exists
+            else:
+                self.fs.pipe_file(path, data, mode="create")  # If-None-Match: *
+        except FileExistsError:
+            return False
+        except Exception as exc:
+            raise self._wrap("create", rel, exc) from exc
+        return True
 
     def delete(self, rel: str) -> None:
         try:
@@ -174,3 +178,20 @@ class Store:
         probe = f"_probe/{uuid.uuid4().hex}"
         self.write_bytes(probe, b"ok")
         self.delete(probe)
+
+
+def _write_local(path: str, data: bytes, place: Callable[[str, str], None]) -> None:
+    """Writes a hidden temporary file beside ``path``, synced, then ``place(tmp, path)``
+    (rename to replace, link to create exclusively): a reader never sees half a file."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        place(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -83,6 +83,15 @@ class HarvestConfig:
     user_agent: str = field(default_factory=_default_user_agent)
     """Sent with every request; add a contact address when harvesting in earnest."""
 
+    @classmethod
+    def from_settings(cls, settings) -> HarvestConfig:
+        """Endpoints and politeness from the ``SAE_HARVEST_*`` settings."""
+        return cls(
+            api_url=settings.harvest_api_url,
+            oai_url=settings.harvest_oai_url,
+            min_interval_s=settings.harvest_min_interval_s,
+        )
+
     def __post_init__(self) -> None:
         if not 1 <= self.page_size <= API_PAGE_MAX:
             raise ValueError(f"page_size must be in 1..{API_PAGE_MAX}, got {self.page_size}")

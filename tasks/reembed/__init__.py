@@ -13,7 +13,6 @@ from tasks.reembed.params import ReembedParams
 from tasks.reembed.steps import (
     COUNTS,
     embed_new,
-    harvest_config,
     harvest_new,
     move_watermark,
     record_summary,
@@ -30,7 +29,6 @@ __all__ = [
     "acquire_lease",
     "check_owner",
     "embed_new",
-    "harvest_config",
     "harvest_new",
     "lease_path",
     "move_watermark",

@@ -79,37 +79,10 @@ def _process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
 
 
-def _fs_path(store: Store, rel: str) -> str:
-    base = store.root.split("://", 1)[1] if "://" in store.root else store.root
-    return f"{base.rstrip('/')}/{rel}"
-
-
-def _create_exclusive(store: Store, rel: str, data: bytes) -> bool:
-    """Writes ``rel`` whole unless it exists; False when it does. Atomic and exclusive."""
-    path = _fs_path(store, rel)
+def _create(store: Store, rel: str, data: bytes) -> bool:
     try:
-        if store.is_local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.link(tmp, path)  # fails if the name exists: no overwrite, no half file
-            except FileExistsError:
-                return False
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            return True
-        try:
-            store.fs.pipe_file(path, data, mode="create")  # If-None-Match: *
-        except FileExistsError:
-            return False
-        return True
-    except OSError as exc:
+        return store.create(rel, data)
+    except StoreError as exc:
         raise LeaseError(f"cannot create the lease {store.uri(rel)}: {exc}") from exc
 
 
@@ -269,7 +242,7 @@ def acquire_lease(
             "expires_at": (now + timedelta(seconds=ttl_s)).isoformat(timespec="seconds"),
         }
         data = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
-        if _create_exclusive(store, rel, data):
+        if _create(store, rel, data):
             return Lease(store, domain, owner, info, ttl_s)
         current = _read_lease(store, rel)
         if current is None:  # released between our try and our read

@@ -38,17 +38,6 @@ def _store() -> Store:
     return Store.from_settings(get_settings())
 
 
-def harvest_config(settings):
-    """The harvester's configuration from the settings (endpoints and politeness)."""
-    from tasks.corpus.harvest import HarvestConfig
-
-    return HarvestConfig(
-        api_url=settings.harvest_api_url,
-        oai_url=settings.harvest_oai_url,
-        min_interval_s=settings.harvest_min_interval_s,
-    )
-
-
 @task(name="harvest-new", cache_policy=NO_CACHE)
 def harvest_new(
     domain: str, since: date | None, until: date | None, source: str, limit: int | None
@@ -58,13 +47,13 @@ def harvest_new(
     Raises WatermarkError (naming the file) for a corrupt or future watermark, and
     HarvestError once the endpoint's retries are spent; what arrived before is kept.
     """
-    from tasks.corpus.harvest import HarvestStats
+    from tasks.corpus.harvest import HarvestConfig, HarvestStats
     from tasks.corpus.ingest import harvest, harvest_window
     from tasks.corpus.storage import WatermarkError, read_watermark
 
     settings = get_settings()
     store, dom = _store(), get_domain(domain)
-    config = harvest_config(settings)
+    config = HarvestConfig.from_settings(settings)
     if since is None:
         before = read_watermark(store, dom)  # a corrupt or future one stops the run here
     else:

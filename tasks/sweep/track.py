@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.store import Store
-from tasks.sweep.train import CELL_FILES, DENSITY_FILE, HISTORY_FILE, CellRef
+from sae.trainer import STATE_FILE
+from tasks.sweep.train import CELL_FILES, DENSITY_FILE, HISTORY_FILE, CellRef, pull_cell
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ def log_cell(client, store: Store, ctx: SweepContext, parent_id: str, ref: CellR
     params["d_in"] = str(ref.d_in)
     _log_params(client, run_id, params)
     with tempfile.TemporaryDirectory() as tmp:
-        local = _fetch_cell(store, ref, Path(tmp))
+        # The published files, not the resume state.
+        names = tuple(n for n in CELL_FILES if n != STATE_FILE)
+        local = pull_cell(store, ref.folder, Path(tmp) / ref.cell, names)
         _log_history(client, run_id, local / HISTORY_FILE)
         _log_final(client, run_id, ref)
         client.log_artifacts(run_id, str(local), "checkpoint")
@@ -236,20 +239,6 @@ def _log_final(client, run_id: str, ref: CellRef) -> None:
     metrics = [Metric(k, float(ref.metrics[k]), now, ref.steps) for k in _FINAL_METRICS]
     metrics.append(Metric("train_seconds", float(ref.seconds), now, ref.steps))
     client.log_batch(run_id, metrics=metrics)
-
-
-def _fetch_cell(store: Store, ref: CellRef, tmp: Path) -> Path:
-    """The cell's published files (not the resume state) in a local folder."""
-    local = tmp / ref.cell
-    local.mkdir()
-    for name in CELL_FILES:
-        if name == "train_state.pt":
-            continue
-        try:
-            (local / name).write_bytes(store.read_bytes(f"{ref.folder}/{name}"))
-        except FileNotFoundError:
-            continue
-    return local
 
 
 def _log_model(run_id: str, local: Path) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from infra.store import Store
+from sae.checkpoint import CFG_FILE, WEIGHTS_FILE
+from sae.trainer import METRICS_FILE, STATE_FILE
 from tasks.corpus.domains import get_domain
 from tasks.embed.snapshot import Snapshot, load_snapshot
 
@@ -26,14 +28,7 @@ log = logging.getLogger(__name__)
 HISTORY_FILE = "history.json"
 DENSITY_FILE = "feature_density.npy"
 # Copied up in this order: metrics.json last, because it marks the cell as done.
-CELL_FILES = (
-    "cfg.json",
-    "model.safetensors",
-    HISTORY_FILE,
-    DENSITY_FILE,
-    "train_state.pt",
-    "metrics.json",
-)
+CELL_FILES = (CFG_FILE, WEIGHTS_FILE, HISTORY_FILE, DENSITY_FILE, STATE_FILE, METRICS_FILE)
 
 
 @dataclass(frozen=True)
@@ -94,8 +89,8 @@ def finished_cells(store: Store, spec: PackSpec) -> dict[str, CellRef]:
         name = cell_name(spec.domain, k, n, spec.batch_size)
         folder = f"{sweep_folder(spec.sweep_id)}/{name}"
         try:
-            payload = store.read_json(f"{folder}/metrics.json")
-            cfg = store.read_json(f"{folder}/cfg.json")
+            payload = store.read_json(f"{folder}/{METRICS_FILE}")
+            cfg = store.read_json(f"{folder}/{CFG_FILE}")
         except FileNotFoundError:
             continue
         done[name] = CellRef(
@@ -130,7 +125,8 @@ def train_pack(spec: PackSpec, store: Store, scratch: Path, device: str) -> list
     names = [_name(spec, k, n) for k, n in todo]
     if not store.is_local:
         for name in names:
-            _pull(store, f"{sweep_folder(spec.sweep_id)}/{name}", out_dir / name)
+            # The checkpoint, if any, so the trainer resumes from it.
+            pull_cell(store, f"{sweep_folder(spec.sweep_id)}/{name}", out_dir / name)
 
     history: dict[str, dict[int, dict[str, float]]] = {n: _read_history(out_dir / n) for n in names}
 
@@ -193,15 +189,16 @@ def _work_dir(store: Store, spec: PackSpec, scratch: Path) -> Path:
     return scratch / spec.sweep_id
 
 
-def _pull(store: Store, folder: str, local: Path) -> None:
-    """Fetch a cell's checkpoint (if any) so the trainer resumes from it."""
+def pull_cell(store: Store, folder: str, local: Path, names: tuple[str, ...] = CELL_FILES) -> Path:
+    """Copies the cell's files that exist (of ``names``) from the store into ``local``."""
     local.mkdir(parents=True, exist_ok=True)
-    for name in CELL_FILES:
+    for name in names:
         try:
             data = store.read_bytes(f"{folder}/{name}")
         except FileNotFoundError:
             continue
         _atomic_bytes(local / name, data)
+    return local
 
 
 def _push(local: Path, store: Store, folder: str) -> None:

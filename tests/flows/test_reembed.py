@@ -19,6 +19,7 @@ from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.corpus.storage import read_papers, read_watermark, write_watermark
 from tasks.embed.manifest import Namespace
+from tests.environ import environ
 from tests.tasks.arxiv_server import MALFORMED, ArxivServer, Paper, Reply
 
 CS = get_domain("cs.LG")
@@ -61,20 +62,15 @@ def module_env(tmp_path_factory):
     from tests.tasks.embed_stub_server import StubEmbeddingsServer
 
     db = tmp_path_factory.mktemp("reembed_mlflow") / "mlflow.db"
-    with StubEmbeddingsServer(dim=16) as stub:
-        updates = {
-            "SAE_EMBED_API_BASE": stub.url,
-            "OPENAI_API_KEY": "sk-test",
-            "SAE_MLFLOW_TRACKING_URI": f"sqlite:///{db}",
-        }
-        saved = {k: os.environ.get(k) for k in updates}
-        os.environ.update(updates)
+    with (
+        StubEmbeddingsServer(dim=16) as stub,
+        environ(
+            SAE_EMBED_API_BASE=stub.url,
+            OPENAI_API_KEY="sk-test",
+            SAE_MLFLOW_TRACKING_URI=f"sqlite:///{db}",
+        ),
+    ):
         yield stub
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +80,11 @@ def ray_for_module(prefect_api, module_env):
 
     from infra.ray_runtime import ensure_ray
 
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = prefect_api
-    ensure_ray(get_settings())
-    yield
-    ray.shutdown()
-    _drain_prefect_logs()
-    if saved is None:
-        os.environ.pop("PREFECT_API_URL", None)
-    else:
-        os.environ["PREFECT_API_URL"] = saved
+    with environ(PREFECT_API_URL=prefect_api):
+        ensure_ray(get_settings())
+        yield
+        ray.shutdown()
+        _drain_prefect_logs()
 
 
 def _drain_prefect_logs() -> None:

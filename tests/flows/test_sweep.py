@@ -13,6 +13,7 @@ from flows.cli import app
 from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
+from tests.environ import environ
 
 CS = get_domain("cs.LG")
 SAMPLE = 240
@@ -28,10 +29,10 @@ def ray_for_module(prefect_api, s3_endpoint):
 
     from infra.ray_runtime import ensure_ray
 
-    os.environ["PREFECT_API_URL"] = prefect_api
-    ensure_ray(get_settings())
-    yield
-    ray.shutdown()
+    with environ(PREFECT_API_URL=prefect_api):
+        ensure_ray(get_settings())
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

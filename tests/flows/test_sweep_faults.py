@@ -48,19 +48,18 @@ def test_bad_grid_values(bad):
     assert result.exit_code == 2
 
 
-def test_unreachable_mlflow_fails_fast_naming_the_setting(monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+@pytest.mark.parametrize(
+    ("setting", "url", "what"),
+    [
+        ("MLFLOW_TRACKING_URI", "http://127.0.0.1:{port}", "MLflow server"),
+        ("PREFECT_API_URL", "http://127.0.0.1:{port}/api", "Prefect server"),
+    ],
+)
+def test_unreachable_service_fails_fast_naming_the_setting(monkeypatch, setting, url, what):
+    monkeypatch.setenv(setting, url.format(port=_closed_port()))
     result, seconds = _sweep("cs.LG", *SMALL)
     assert result.exit_code == 2
-    assert "MLflow server" in result.output and "MLFLOW_TRACKING_URI" in result.output
-    assert seconds < 15
-
-
-def test_unreachable_prefect_fails_fast_naming_the_setting(monkeypatch):
-    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{_closed_port()}/api")
-    result, seconds = _sweep("cs.LG", *SMALL)
-    assert result.exit_code == 2
-    assert "Prefect server" in result.output and "PREFECT_API_URL" in result.output
+    assert what in result.output and setting in result.output
     assert seconds < 15
 
 

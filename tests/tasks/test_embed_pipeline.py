@@ -4,8 +4,6 @@ Uses the bundled MiniLM on a few dozen real abstracts: slow-ish on 2 cores, so t
 module shares one Ray and keeps the paper counts small.
 """
 
-import os
-
 import numpy as np
 import pytest
 
@@ -15,6 +13,7 @@ from tasks.corpus.ingest import ingest_source
 from tasks.corpus.storage import read_papers
 from tasks.embed.manifest import Namespace
 from tasks.embed.run import EmbedFailedError, embed_domain, embed_shard, plan_shards
+from tests.environ import environ
 
 CS = get_domain("cs.LG")
 
@@ -24,15 +23,11 @@ def stub():
     """An OpenAI-compatible stub; its address and a dummy key reach the Ray workers."""
     from tests.tasks.embed_stub_server import StubEmbeddingsServer
 
-    with StubEmbeddingsServer(dim=16) as server:
-        saved = {k: os.environ.get(k) for k in ("SAE_EMBED_API_BASE", "OPENAI_API_KEY")}
-        os.environ.update(SAE_EMBED_API_BASE=server.url, OPENAI_API_KEY="sk-test")
+    with (
+        StubEmbeddingsServer(dim=16) as server,
+        environ(SAE_EMBED_API_BASE=server.url, OPENAI_API_KEY="sk-test"),
+    ):
         yield server
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
