@@ -55,9 +55,29 @@ def ensure_ray(settings) -> dict[str, float]:
                 # A local Ray for this process only; it stops when the process exits.
                 ray.init(num_cpus=os.cpu_count(), **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            if settings.ray_address and _token_refused(exc):
+                raise RayUnavailableError(
+                    f"the Ray cluster at {settings.ray_address} (RAY_ADDRESS) refused this "
+                    "driver's token: set RAY_AUTH_MODE=token and give the cluster's token in "
+                    "RAY_AUTH_TOKEN_PATH (a file) or RAY_AUTH_TOKEN; `ray get-auth-token` on "
+                    "the head prints it"
+                ) from exc
             where = settings.ray_address or "a local Ray"
             raise RayUnavailableError(f"cannot start or reach {where}: {exc}") from exc
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def _token_refused(exc: BaseException) -> bool:
+    """Whether Ray's token authentication (on by default for `ray start` since Ray 2.59)
+    turned the driver away; ray.init reports it as a ConnectionError around the cause."""
+    from ray.exceptions import AuthenticationError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, AuthenticationError) or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -20,6 +20,7 @@ from tasks.corpus.domains import get_domain
 from tasks.corpus.storage import read_papers, read_watermark, write_watermark
 from tasks.embed.manifest import Namespace
 from tests.environ import environ
+from tests.ray_procs import task_worker_pids
 from tests.tasks.arxiv_server import MALFORMED, ArxivServer, Paper, Reply
 
 CS = get_domain("cs.LG")
@@ -345,6 +346,42 @@ def test_two_runs_at_once_the_second_exits_naming_the_first(server):
     assert "cs.LG (arXiv api 2026-01-04..2026-01-10): 0 new, 2 duplicate" in third.stdout
     assert "watermark: 2026-01-06 (unchanged)" in third.stdout
     assert "MLflow run: " in third.stdout
+
+
+def test_a_shard_worker_killed_mid_embedding_is_retried_without_duplicates(server, module_env):
+    """SIGKILL the worker while its shard waits on the embeddings endpoint: Ray runs the
+    shard again, every paper is embedded once, and no part is left unrecorded."""
+    import signal
+
+    stub = module_env
+    server.api_entries = [paper(i, 5 + i % 2) for i in range(10)]  # 3 shards of <= 4
+    asked_before = len(stub.requests)
+    stub.gate.clear()
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=run()))
+    thread.start()
+    killed = None
+    try:
+        deadline = time.monotonic() + 120
+        while killed is None and thread.is_alive() and time.monotonic() < deadline:
+            pids = task_worker_pids("embed_shard")
+            if len(stub.requests) > asked_before and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+            time.sleep(0.05)
+    finally:
+        stub.gate.set()
+        thread.join(180)
+    assert killed is not None, "no shard was caught waiting on the endpoint"
+    result = outcome["result"]
+    assert result["status"] == "ok" and (result["new"], result["embedded"]) == (10, 10)
+    ns = Namespace(store(), NAMESPACE, CS)
+    manifest = ns.read_manifest()
+    assert sorted(manifest["id"]) == [f"2601.{i:05d}" for i in range(10)]
+    assert manifest["id"].n_unique() == manifest.height
+    assert set(manifest["part"]) == set(ns.parts())
+    assert len(stub.requests) - asked_before >= 4  # 3 shards and the killed one again
+    assert result["watermark"] == "2026-01-06"
 
 
 def test_a_changed_embedder_gets_its_own_complete_namespace(server):

@@ -14,6 +14,7 @@ from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tests.environ import environ
+from tests.ray_procs import task_worker_pids
 
 CS = get_domain("cs.LG")
 SAMPLE = 240
@@ -182,20 +183,6 @@ def parents_embedder(parent) -> str:
     return parent.data.tags["embedder"]
 
 
-def _pack_worker_pids() -> list[int]:
-    """Ray names a worker process after the task it runs: ``ray::train-pack``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read().startswith(b"ray::train-pack"):
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
 def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(sweep_store):
     import signal
     import threading
@@ -214,7 +201,7 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
     while killed is None and thread.is_alive() and time.monotonic() < deadline:
         states = sweep_store.list("sae", "*/csLG_8_1024_32/train_state.pt")
         done = sweep_store.list("sae", "*/csLG_8_1024_32/metrics.json")
-        pids = _pack_worker_pids()
+        pids = task_worker_pids("train-pack")
         if states and not done and pids:
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]

@@ -117,6 +117,10 @@ def _docker_env(run_options: list[str]) -> dict[str, str]:
     return env
 
 
+#: Ray's default token path in the rayproject images (user `ray`).
+RAY_TOKEN_MOUNT = "/home/ray/.ray/auth_token"
+
+
 def launcher_problems(config: dict, repo_root: Path = ROOT) -> list[str]:
     problems = []
     docker = config.get("docker") or {}
@@ -171,6 +175,10 @@ def launcher_problems(config: dict, repo_root: Path = ROOT) -> list[str]:
     region = (config.get("provider") or {}).get("region")
     if env.get("AWS_DEFAULT_REGION") != region:
         problems.append(f"docker env: AWS_DEFAULT_REGION is not the provider's {region!r}")
+    if env.get("RAY_AUTH_MODE") != "token":
+        problems.append("docker env: RAY_AUTH_MODE=token missing: the cluster takes any client")
+    if RAY_TOKEN_MOUNT not in mounts:
+        problems.append(f"file_mounts: no Ray token at {RAY_TOKEN_MOUNT}")
     problems += unknown_sae_names(env, "docker env")
     problems += inline_url_credentials(config, "launcher")
     return problems
@@ -223,6 +231,8 @@ def test_launcher_installs_the_project_on_gpu_workers(launcher):
         ),
         (lambda c: c["docker"]["run_options"].append("--env SAE_STOER=s3://b/x"), "SAE_STOER"),
         (lambda c: c["provider"].update(region="eu-west-1"), "AWS_DEFAULT_REGION"),
+        (lambda c: c["docker"]["run_options"].remove("--env RAY_AUTH_MODE=token"), "RAY_AUTH"),
+        (lambda c: c["file_mounts"].pop(RAY_TOKEN_MOUNT), "Ray token"),
         (
             lambda c: c["setup_commands"].append("curl https://u:hunter2@example.com/x"),
             "inline password",
@@ -259,6 +269,8 @@ def kuberay_problems(docs: list[dict]) -> list[str]:
     spec = cluster.get("spec") or {}
     if str(spec.get("rayVersion")) != RAY_VERSION:
         problems.append(f"rayVersion {spec.get('rayVersion')!r} is not {RAY_VERSION}")
+    if (spec.get("authOptions") or {}).get("mode") != "token":
+        problems.append("authOptions.mode is not token: the cluster takes any client")
     if not spec.get("headGroupSpec"):
         problems.append("no headGroupSpec")
     if not spec.get("workerGroupSpecs"):
@@ -360,6 +372,7 @@ def _gpu_container(docs):
         (lambda d: _cluster(d).update(apiVersion="ray.io/v1alpha1"), "apiVersion"),
         (lambda d: _cluster(d)["spec"].update(rayVersion="2.9.0"), "rayVersion"),
         (lambda d: _cluster(d)["spec"].pop("headGroupSpec"), "headGroupSpec"),
+        (lambda d: _cluster(d)["spec"].pop("authOptions"), "authOptions"),
         (
             lambda d: _gpu_container(d).update(image="rayproject/ray:2.9.0-py311-gpu"),
             "is not Ray",
@@ -612,6 +625,16 @@ def test_compose_has_the_shared_services(compose):
     assert {"postgres", "minio", "minio-setup", "prefect-server", "mlflow"} <= set(
         compose["services"]
     )
+
+
+def test_compose_prefect_server_starts_through_the_scheduler_fix(compose):
+    """The same entry point as the local stack's servers (infra/prefect_server.py), mounted
+    from the repository: otherwise no cron run is ever created under SQLAlchemy 2.1."""
+    service = compose["services"]["prefect-server"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in service["volumes"])
+    script = mounts["./prefect_server.py"]
+    assert (COMPOSE.parent / "prefect_server.py").is_file()
+    assert service["command"][:4] == ["python", script, "server", "start"]
 
 
 def test_compose_ports_are_local_by_default_and_as_documented(compose):

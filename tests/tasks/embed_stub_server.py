@@ -9,6 +9,7 @@ Runs a real HTTP server on 127.0.0.1 (a free port) in a thread. Each POST is rec
 next scripted response is sent if there is one, else a success whose vectors are a
 deterministic function of each input text (:meth:`vector`). ``shuffle`` returns the data
 items out of order (with correct ``index`` fields); ``mutate`` edits a success payload.
+Clearing ``gate`` holds each answer (after recording its request) until it is set again.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class StubEmbeddingsServer:
         self.script: list[Scripted] = []
         self.shuffle = False
         self.mutate: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.gate = threading.Event()
+        self.gate.set()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(
@@ -98,6 +101,7 @@ class StubEmbeddingsServer:
                     body = raw
                 request = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 status, headers, out = stub._respond(request)
+                stub.gate.wait(timeout=120)
                 data = out if isinstance(out, bytes) else json.dumps(out).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

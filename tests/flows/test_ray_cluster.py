@@ -1,0 +1,178 @@
+"""RAY_ADDRESS: the flows join a Ray head started on its own, as on a cluster, instead of
+starting a Ray of their own. The head runs with token authentication (Ray's default for
+`ray start` since 2.59) and without this project's settings in its environment: what its
+workers need must come through the job."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RAY_CLI = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Head:
+    def __init__(self, address: str, token_path: Path) -> None:
+        self.address = address
+        self.token_path = token_path
+
+    def driver_env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RAY_ADDRESS": self.address,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+            **extra,
+        }
+
+    def jobs(self) -> list[dict]:
+        """The head's job table: one entry per driver that connected to it."""
+        script = (
+            "import json, sys, ray, ray._private.state as state\n"
+            "ray.init(address=sys.argv[1], log_to_driver=False)\n"
+            "print(json.dumps([{'pid': j['DriverPid'], 'dead': j['IsDead']}"
+            " for j in state.jobs()]))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, self.address],
+            env=self.driver_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    import ray
+
+    ray.shutdown()  # an earlier module's local Ray in this process
+    # Short: Ray's socket paths live under it and must fit in 107 characters.
+    tmp = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAE_", "RAY_", "PREFECT_"))}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "OPENAI_API_KEY": "x"}
+    port = _free_port()
+    log = open(tmp / "head.log", "w")  # noqa: SIM115 - open while the head runs
+    head = subprocess.Popen(
+        [
+            RAY_CLI,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--dashboard-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
+            "--disable-usage-stats",
+            f"--temp-dir={tmp}",
+        ],
+        cwd=tmp,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so that it alone is stopped
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in (tmp / "head.log").read_text():
+            assert head.poll() is None, (tmp / "head.log").read_text()
+            assert time.monotonic() < deadline, "the Ray head did not start in 120 s"
+            time.sleep(0.5)
+        yield Head(f"127.0.0.1:{port}", token)
+    finally:
+        # `ray stop` would stop every Ray on the machine; this stops the head's group only.
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
+    ray_head, arxiv_data, prefect_api, tmp_path
+):
+    home = tmp_path / "home"
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "sweep",
+            "cs.LG",
+            "--source",
+            str(arxiv_data / "cs_lg.jsonl.gz"),
+            "--limit",
+            "120",
+            "--k",
+            "4",
+            "--n",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+        ],
+        cwd=REPO,
+        env=ray_head.driver_env(SAE_HOME=str(home), PREFECT_API_URL=prefect_api),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, out
+    assert f"joining the Ray cluster at {ray_head.address}" in out
+
+    # The sweep's process was a driver of the head (its embedding shards and its training
+    # pack ran there), and its results are in the driver's store, not the head's.
+    assert {"pid": sweep.pid, "dead": True} in ray_head.jobs()
+    (metrics,) = (home / "store" / "sae").glob("*/csLG_4_32_32/metrics.json")
+    assert 0 < json.loads(metrics.read_text())["metrics"]["nmse"] < 2
+    assert "| 4 | 32 | " in out and "sae-cs.LG-k4-n32" in out
+
+
+def test_a_driver_without_the_cluster_token_is_told_what_to_set(ray_head):
+    env = {k: v for k, v in ray_head.driver_env().items() if not k.startswith("RAY_AUTH")}
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from infra.ray_runtime import ensure_ray\n"
+            "from infra.settings import get_settings\n"
+            "ensure_ray(get_settings())",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert check.returncode != 0
+    last = check.stderr.strip().splitlines()[-1]
+    assert last.startswith("infra.ray_runtime.RayUnavailableError"), check.stderr
+    assert f"cluster at {ray_head.address} (RAY_ADDRESS) refused" in last
+    assert "RAY_AUTH_MODE=token" in last and "RAY_AUTH_TOKEN_PATH" in last
+    assert ray_head.token_path.read_text() not in check.stderr
