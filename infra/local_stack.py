@@ -507,6 +507,7 @@ def prefect_for_run(
             server = start_prefect_server(settings, database=database)
             stack.callback(server.stop)
             url = server.api_url
+        _warn_if_cluster_cannot_report(settings, url)
         stack.enter_context(_environ("PREFECT_API_URL", url))
         if while_booting is not None:
             while_booting()
@@ -517,6 +518,21 @@ def prefect_for_run(
         if server is not None:
             stack.callback(_drain_prefect_clients)  # first thing at exit (LIFO)
         yield url
+
+
+def _warn_if_cluster_cannot_report(settings: Settings, url: str) -> None:
+    """Ray workers report their task runs to Prefect themselves: on other machines they
+    cannot reach a server that listens on this machine's loopback."""
+    from urllib.parse import urlsplit
+
+    if settings.ray_address and urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "RAY_ADDRESS=%s but Prefect is %s, on this machine only: Ray workers on other "
+            "machines cannot report their task runs to it. Set PREFECT_API_URL to a Prefect "
+            "server they can reach.",
+            settings.ray_address,
+            url,
+        )
 
 
 def _running_prefect_url(settings: Settings) -> str | None:

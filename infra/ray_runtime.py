@@ -63,7 +63,14 @@ def ensure_ray(settings) -> dict[str, float]:
                     "the head prints it"
                 ) from exc
             where = settings.ray_address or "a local Ray"
-            raise RayUnavailableError(f"cannot start or reach {where}: {exc}") from exc
+            hint = ""
+            if settings.ray_address and os.environ.get("RAY_AUTH_MODE") != "token":
+                # Ray Client (ray://) reports a refused token only as a timeout.
+                hint = (
+                    " (if the cluster uses Ray's token authentication, set RAY_AUTH_MODE=token "
+                    "and RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)"
+                )
+            raise RayUnavailableError(f"cannot start or reach {where}: {exc}{hint}") from exc
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 

@@ -30,14 +30,15 @@ def _free_port() -> int:
 
 
 class Head:
-    def __init__(self, address: str, token_path: Path) -> None:
-        self.address = address
+    def __init__(self, address: str, client_address: str, token_path: Path) -> None:
+        self.address = address  # host:port of its GCS, as for a driver inside the cluster
+        self.client_address = client_address  # ray://host:port, Ray Client from outside
         self.token_path = token_path
 
-    def driver_env(self, **extra: str) -> dict[str, str]:
+    def driver_env(self, address: str | None = None, **extra: str) -> dict[str, str]:
         return {
             **os.environ,
-            "RAY_ADDRESS": self.address,
+            "RAY_ADDRESS": address or self.address,
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             **extra,
@@ -73,7 +74,9 @@ def ray_head():
     token.write_text(secrets.token_hex(32))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAE_", "RAY_", "PREFECT_"))}
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "OPENAI_API_KEY": "x"}
-    port = _free_port()
+    # Ephemeral ports: Ray's worker ports are 10002-19999, and its client server's default
+    # (10001), dashboard's and agent's would clash with a Ray of the developer's.
+    port, client_port = _free_port(), _free_port()
     log = open(tmp / "head.log", "w")  # noqa: SIM115 - open while the head runs
     head = subprocess.Popen(
         [
@@ -87,7 +90,7 @@ def ray_head():
             "--include-dashboard=false",
             f"--dashboard-port={_free_port()}",
             f"--dashboard-agent-listen-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
+            f"--ray-client-server-port={client_port}",
             "--disable-usage-stats",
             f"--temp-dir={tmp}",
         ],
@@ -103,7 +106,7 @@ def ray_head():
             assert head.poll() is None, (tmp / "head.log").read_text()
             assert time.monotonic() < deadline, "the Ray head did not start in 120 s"
             time.sleep(0.5)
-        yield Head(f"127.0.0.1:{port}", token)
+        yield Head(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", token)
     finally:
         # `ray stop` would stop every Ray on the machine; this stops the head's group only.
         os.killpg(head.pid, signal.SIGKILL)
@@ -112,9 +115,12 @@ def ray_head():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.parametrize("client", [False, True], ids=["gcs-address", "ray-client"])
 def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
-    ray_head, arxiv_data, prefect_api, tmp_path
+    ray_head, arxiv_data, prefect_api, tmp_path, client
 ):
+    address = ray_head.client_address if client else ray_head.address
+    drivers_before = len(ray_head.jobs())
     home = tmp_path / "home"
     sweep = subprocess.Popen(
         [
@@ -137,18 +143,24 @@ def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
             "32",
         ],
         cwd=REPO,
-        env=ray_head.driver_env(SAE_HOME=str(home), PREFECT_API_URL=prefect_api),
+        env=ray_head.driver_env(address, SAE_HOME=str(home), PREFECT_API_URL=prefect_api),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     out, _ = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, out
-    assert f"joining the Ray cluster at {ray_head.address}" in out
+    assert f"joining the Ray cluster at {address}" in out
+    # The session's Prefect server listens on 127.0.0.1: fine here, not on a real cluster.
+    assert "cannot report their task runs to it" in out
 
-    # The sweep's process was a driver of the head (its embedding shards and its training
-    # pack ran there), and its results are in the driver's store, not the head's.
-    assert {"pid": sweep.pid, "dead": True} in ray_head.jobs()
+    # The sweep was a driver of the head (its embedding shards and training pack ran
+    # there; Ray Client's driver is a process the head starts for it), and its results
+    # are in the driver's store, not in the head's (which has no SAE_HOME or SAE_STORE).
+    drivers = ray_head.jobs()
+    assert len(drivers) == drivers_before + 2  # the sweep, and jobs() itself
+    if not client:
+        assert {"pid": sweep.pid, "dead": True} in drivers
     (metrics,) = (home / "store" / "sae").glob("*/csLG_4_32_32/metrics.json")
     assert 0 < json.loads(metrics.read_text())["metrics"]["nmse"] < 2
     assert "| 4 | 32 | " in out and "sae-cs.LG-k4-n32" in out
