@@ -74,8 +74,16 @@ def fix_data_snapshot(
         snap = snapshot_by_id(store, dom, embedder, pinned)
         if snap is None:
             raise SweepInputError(f"no data snapshot {pinned!r} for {domain} and {embedder}")
-        return snap
-    return fix_snapshot(store, dom, embedder, limit=limit)
+    else:
+        snap = fix_snapshot(store, dom, embedder, limit=limit)
+    if snap.n_train == 0 or snap.n_eval == 0:
+        # The split is by id hash (1 in 20 held out), so a few dozen papers may hold none.
+        raise SweepInputError(
+            f"data snapshot {snap.id} of {domain} has {snap.n_train} training and "
+            f"{snap.n_eval} held-out papers; both must be > 0: embed more papers"
+            + ("" if limit is None else f" or raise --limit ({limit})")
+        )
+    return snap
 
 
 @task(

@@ -384,6 +384,46 @@ def test_a_shard_worker_killed_mid_embedding_is_retried_without_duplicates(serve
     assert result["watermark"] == "2026-01-06"
 
 
+def test_the_next_sweep_trains_on_the_new_papers(server):
+    """A sweep after a re-embed fixes a snapshot that holds the new papers; the earlier
+    sweep's snapshot stays as it was (a sweep reads a fixed set, whatever lands later)."""
+    from flows.sweep import sweep
+    from tasks.embed.snapshot import snapshot_by_id
+    from tasks.sweep.config import SweepParams
+
+    def sweep_once():
+        params = SweepParams(
+            domains=["cs.LG"], embedder=EMBEDDER, k=[2], n_latents=[8], epochs=1, batch_size=8
+        )
+        (result,) = sweep(params)
+        assert not result.failed and len(result.cells) == 1
+        snap = snapshot_by_id(store(), CS, NAMESPACE, result.data_snapshot)
+        ids = sorted(store().read_parquet(snap.path, columns=["id"])["id"])
+        return result, snap, ids
+
+    from tasks.sweep.steps import SweepInputError
+
+    # 1 id in 20 is held out, by hash: none of 2601.00000-00048 is, 2601.00049 is.
+    server.api_entries = [paper(i, 5) for i in range(40)]
+    assert run()["embedded"] == 40
+    with pytest.raises(SweepInputError, match=r"has 40 training and 0 held-out papers"):
+        sweep_once()
+
+    server.api_entries += [paper(i, 6) for i in range(40, 50)]
+    assert run()["embedded"] == 10
+    before, before_snap, before_ids = sweep_once()
+    assert before_ids == [f"2601.{i:05d}" for i in range(50)]
+
+    server.api_entries += [paper(i, 7) for i in range(50, 60)]
+    assert run()["embedded"] == 10
+    after, after_snap, after_ids = sweep_once()
+    assert after_ids == [f"2601.{i:05d}" for i in range(60)]
+    assert after.data_snapshot != before.data_snapshot and after.sweep_id != before.sweep_id
+    assert (after_snap.n_train, after_snap.n_eval) == (59, 1)
+    unchanged = store().read_parquet(before_snap.path, columns=["id"])
+    assert sorted(unchanged["id"]) == before_ids
+
+
 def test_a_changed_embedder_gets_its_own_complete_namespace(server):
     server.api_entries = [paper(i, 5) for i in range(3)]
     first = run()
