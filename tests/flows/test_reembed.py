@@ -110,6 +110,12 @@ def server(monkeypatch, ray_for_module, prefect_env):
         running.gate.set()
 
 
+def run_cli() -> subprocess.CompletedProcess:
+    return subprocess.run(
+        CLI, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=120
+    )
+
+
 def store() -> Store:
     return Store.from_settings(get_settings())
 
@@ -314,14 +320,7 @@ def test_two_runs_at_once_the_second_exits_naming_the_first(server):
         lease = json.loads(store().read_bytes("locks/reembed-cs_lg.json"))
         assert lease["domain"] == "cs.LG" and lease["pid"] == os.getpid()
 
-        second = subprocess.run(
-            CLI,
-            cwd=REPO,
-            env=dict(os.environ),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        second = run_cli()
         assert second.returncode == 3, second.stdout + second.stderr
         assert "another re-embed of cs.LG is running" in second.stderr
         assert "locks/reembed-cs_lg.json" in second.stderr and lease["owner"] in second.stderr
@@ -334,14 +333,7 @@ def test_two_runs_at_once_the_second_exits_naming_the_first(server):
     assert not store().exists("locks/reembed-cs_lg.json")  # released
 
     # Once the first is done, the command runs: nothing new, exit 0 and the summary.
-    third = subprocess.run(
-        [sys.executable, "-m", "flows.reembed_cli", "reembed", "cs.LG", "--until", "2026-01-10"],
-        cwd=REPO,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    third = run_cli()
     assert third.returncode == 0, third.stdout + third.stderr
     assert "cs.LG (arXiv api 2026-01-04..2026-01-10): 0 new, 2 duplicate" in third.stdout
     assert "watermark: 2026-01-06 (unchanged)" in third.stdout

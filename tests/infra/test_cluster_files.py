@@ -117,6 +117,14 @@ def _docker_env(run_options: list[str]) -> dict[str, str]:
     return env
 
 
+def assert_reports(checker, doc, mutate, expected: str) -> None:
+    """``checker`` names ``expected`` in a problem once ``mutate`` breaks a copy of ``doc``."""
+    broken = copy.deepcopy(doc)
+    mutate(broken)
+    problems = checker(broken)
+    assert any(expected in p for p in problems), problems
+
+
 #: Ray's default token path in the rayproject images (user `ray`).
 RAY_TOKEN_MOUNT = "/home/ray/.ray/auth_token"
 
@@ -240,10 +248,7 @@ def test_launcher_installs_the_project_on_gpu_workers(launcher):
     ],
 )
 def test_launcher_checker_reports_problems(launcher, mutate, expected):
-    broken = copy.deepcopy(launcher)
-    mutate(broken)
-    problems = launcher_problems(broken)
-    assert any(expected in p for p in problems), problems
+    assert_reports(launcher_problems, launcher, mutate, expected)
 
 
 # --- KubeRay ---------------------------------------------------------------------------
@@ -387,10 +392,7 @@ def _gpu_container(docs):
     ],
 )
 def test_kuberay_checker_reports_problems(kuberay, mutate, expected):
-    broken = copy.deepcopy(kuberay)
-    mutate(broken)
-    problems = kuberay_problems(broken)
-    assert any(expected in p for p in problems), problems
+    assert_reports(kuberay_problems, kuberay, mutate, expected)
 
 
 @pytest.mark.parametrize(
@@ -431,10 +433,7 @@ def test_kuberay_checker_reports_problems(kuberay, mutate, expected):
     ],
 )
 def test_k8s_secret_checker_reports_problems(kuberay, mutate, expected):
-    broken = copy.deepcopy(kuberay)
-    mutate(broken)
-    problems = k8s_secret_problems(broken)
-    assert any(expected in p for p in problems), problems
+    assert_reports(k8s_secret_problems, kuberay, mutate, expected)
 
 
 @pytest.mark.parametrize(
@@ -691,10 +690,7 @@ def _svc(c, name):
     ],
 )
 def test_compose_port_checker_reports_problems(compose, mutate, expected):
-    broken = copy.deepcopy(compose)
-    mutate(broken)
-    problems = compose_port_problems(broken)
-    assert any(expected in p for p in problems), problems
+    assert_reports(compose_port_problems, compose, mutate, expected)
 
 
 @pytest.mark.parametrize(
@@ -725,10 +721,7 @@ def test_compose_port_checker_reports_problems(compose, mutate, expected):
     ],
 )
 def test_compose_secret_checker_reports_problems(compose, mutate, expected):
-    broken = copy.deepcopy(compose)
-    mutate(broken)
-    problems = compose_secret_problems(broken)
-    assert any(expected in p for p in problems), problems
+    assert_reports(compose_secret_problems, compose, mutate, expected)
 
 
 def test_compose_secret_checker_accepts_substituted_url_passwords(compose):
@@ -765,10 +758,7 @@ def test_compose_secret_checker_accepts_substituted_url_passwords(compose):
     ],
 )
 def test_compose_health_checker_reports_problems(compose, mutate, expected):
-    broken = copy.deepcopy(compose)
-    mutate(broken)
-    problems = compose_health_problems(broken)
-    assert any(expected in p for p in problems), problems
+    assert_reports(compose_health_problems, compose, mutate, expected)
 
 
 @pytest.mark.parametrize(
@@ -792,10 +782,7 @@ def test_compose_health_checker_reports_problems(compose, mutate, expected):
     ],
 )
 def test_compose_version_checker_reports_problems(compose, mutate, expected):
-    broken = copy.deepcopy(compose)
-    mutate(broken)
-    problems = compose_version_problems(broken)
-    assert any(expected in p for p in problems), problems
+    assert_reports(compose_version_problems, compose, mutate, expected)
 
 
 @pytest.mark.parametrize(
