@@ -8,11 +8,11 @@ ARXIV_DATA ?= ../shared/data/arxiv
 install:
 	@VENV=$(VENV) bash .ci/install
 
-# A small sweep end to end: ingest the cs.LG sample, embed 2,000 abstracts, train a
-# 2 x 2 grid through Prefect and Ray, record it in MLflow and print the results.
+# A small sweep end to end: ingest the cs.LG sample (without it, fetch a week of cs.LG
+# from arXiv), embed 2,000 abstracts, train a 2 x 2 grid through Prefect and Ray, record
+# it in MLflow and print the results.
 run: install
-	$(VENV)/bin/sae sweep cs.LG --source $(ARXIV_DATA)/cs_lg.jsonl.gz --limit 2000 \
-	  --k 16,32 --n 3072,4608 --epochs 10 --batch-size 256 --lr 1e-3
+	$(VENV)/bin/python -m flows.quickstart $(ARXIV_DATA)
 
 test: install
 	$(VENV)/bin/ruff check .
