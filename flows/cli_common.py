@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-DOMAIN_HELP = "cs.LG or astro-ph (or their folder names cs_lg, astro_ph)."
+DOMAIN_HELP = "cs.LG or astro-ph, in any spelling (cs_lg, csLG, astro_ph, astroPH...)."
 
 
 def setup_logging(own_handler: bool = True) -> None:

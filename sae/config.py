@@ -133,7 +133,11 @@ class RunInfo:
 
 
 def cell_name(domain: str, k: int, n_latents: int, batch_size: int) -> str:
-    return f"{domain.replace('.', '').replace('-', '')}_{k}_{n_latents}_{batch_size}"
+    """``{domain}_{k}_{n}_{batch}`` as the released checkpoints name them: an arXiv domain
+    is its archive then its subject in capitals (``cs.LG`` -> ``csLG_128_3072_256``,
+    ``astro-ph`` -> ``astroPH_16_3072_1024``); a name without ``.`` or ``-`` is kept."""
+    archive, *subject = re.split(r"[.-]", domain)
+    return f"{archive}{''.join(subject).upper()}_{k}_{n_latents}_{batch_size}"
 
 
 def parse_cell_name(name: str) -> tuple[str, int, int, int]:

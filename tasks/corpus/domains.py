@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Domain:
-    """``name`` is what users type (``cs.LG``); ``slug`` names folders (``cs_lg``)."""
+    """``name`` is the canonical name (``cs.LG``): MLflow experiments, registered models,
+    tags and cell names (``csLG_16_3072_1024``) are made from it, so every spelling a
+    user types has to become it first (``get_domain``). ``slug`` names folders (``cs_lg``).
+    """
 
     name: str
     slug: str
@@ -60,10 +64,18 @@ class UnknownDomainError(ValueError):
 
 
 def get_domain(name: str) -> Domain:
-    """Accepts the name (``cs.LG``) or the slug (``cs_lg``), case-insensitively."""
-    key = name.strip().lower()
+    """Any spelling of a domain: ``cs.LG``, ``cs_lg``, ``csLG``, ``CS-lg``, ``astroPH``...
+
+    Case and separators are ignored (two spellings of one domain must never become two
+    experiments or two sets of cells); the result's ``name`` is the canonical one.
+    """
+    key = _spelling_key(name)
     for domain in DOMAINS.values():
-        if key in (domain.name.lower(), domain.slug):
+        if key == _spelling_key(domain.name):
             return domain
     known = ", ".join(DOMAINS)
     raise UnknownDomainError(f"unknown domain {name!r}; known domains: {known}")
+
+
+def _spelling_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())

@@ -63,15 +63,16 @@ class SweepParams(BaseModel):
 
     @field_validator("domains")
     @classmethod
-    def _known_domains(cls, v: list[str]) -> list[str]:
-        for name in v:
-            try:
-                get_domain(name)
-            except UnknownDomainError as exc:
-                raise ValueError(str(exc)) from None
-        if len(set(v)) != len(v):
-            raise ValueError(f"domains repeat: {v}")
-        return v
+    def _canonical_domains(cls, v: list[str]) -> list[str]:
+        # Every spelling (cs_lg, csLG, CS.lg) becomes the canonical name here, at the edge
+        # (CLI, Prefect form, deployment): experiments, models and cells are named from it.
+        try:
+            names = [get_domain(name).name for name in v]
+        except UnknownDomainError as exc:
+            raise ValueError(str(exc)) from None
+        if len(set(names)) != len(names):
+            raise ValueError(f"domains repeat: {v} are {names}")
+        return names
 
     @field_validator("k", "n_latents")
     @classmethod

@@ -62,7 +62,7 @@ def _sweep(**overrides):
     from flows.sweep import sweep
     from tasks.sweep.config import SweepParams
 
-    return sweep(SweepParams(domains=["cs.LG"], **{**GRID, **overrides}))
+    return sweep(SweepParams(**{"domains": ["cs.LG"], **GRID, **overrides}))
 
 
 def _client():
@@ -155,10 +155,12 @@ def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
               "cell": "csLG_4_32_32", "mlflow.parentRunId": parent.info.run_id},
     )  # fmt: skip
 
-    # A rerun: nothing retrained, no new run, no new model version.
+    # A rerun, spelling the domain another way: the same sweep, experiment, cells and
+    # models, so nothing retrained, no new run, no new model version.
     states = sorted(sweep_store.list(f"sae/{sweep_id}", "*/train_state.pt"))
     mtimes = [os.path.getmtime(f"{get_settings().store}/{p}") for p in states]
-    (again,) = _sweep()
+    (again,) = _sweep(domains=["cs_lg"])
+    assert again.domain == "cs.LG" and again.sweep_id == sweep_id
     assert again.cells == result.cells and again.champion == result.champion
     assert [os.path.getmtime(f"{get_settings().store}/{p}") for p in states] == mtimes
     assert len(_cell_runs(client)) == 4

@@ -229,5 +229,7 @@ def test_latest_sweep_id(tracking):
     uri, client = tracking
     assert latest_sweep_id(client, "cs.LG") == SWEEP_B
     assert latest_sweep_id(uri, "astro-ph") == SWEEP_C
+    assert latest_sweep_id(client, "cs_lg") == SWEEP_B  # any spelling of the domain
+    assert latest_sweep_id(client, "astroPH") == SWEEP_C
     assert latest_sweep_id(client, "math.AG") is None
     assert latest_sweep_id(client, "hep-th") is None

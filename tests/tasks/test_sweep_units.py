@@ -6,6 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from infra.ray_runtime import PACK_MAX_RETRIES, pack_resources
+from infra.tracking import experiment_name
+from sae.config import cell_name, parse_cell_name
+from tasks.corpus.domains import get_domain
 from tasks.sweep.config import PAPER_K, PAPER_N, SweepParams, sweep_id
 from tasks.sweep.track import choose_champion, model_name, run_name
 from tasks.sweep.train import CellRef
@@ -25,6 +28,7 @@ def test_defaults_are_the_papers_grid():
         ({"k": [0]}, "positive"),
         ({"epochs": 0}, "greater than 0"),
         ({"domains": ["cs.LG", "cs.LG"]}, "repeat"),
+        ({"domains": ["cs.LG", "cs_lg"]}, "repeat"),
         ({"kk": [1]}, "Extra inputs"),
     ],
 )
@@ -53,6 +57,43 @@ def test_sweep_id_follows_training_data_and_code_but_not_the_grid():
     assert sweep_id(SweepParams(k=[16], n_latents=[3072], lr=1e-3), "cs_lg", "snap-a", "x") != (
         sweep_id(base, "cs_lg", "snap-a", "x")
     )
+
+
+@pytest.mark.parametrize(
+    ("spellings", "name", "cell", "slug"),
+    [
+        (["cs.LG", "cs_lg", "csLG", "CS.lg", "cs-lg", " CSLG "], "cs.LG", "csLG", "cs_lg"),
+        (
+            ["astro-ph", "astro_ph", "astroPH", "Astro-Ph", "astro.ph"],
+            "astro-ph",
+            "astroPH",
+            "astro_ph",
+        ),
+    ],
+)
+def test_every_spelling_of_a_domain_is_one_experiment_one_set_of_models_cells_and_folders(
+    spellings, name, cell, slug
+):
+    # The released checkpoints' naming: csLG_{k}_{n}_{batch}, astroPH_{k}_{n}_{batch}.
+    named = set()
+    for spelling in spellings:
+        params = SweepParams(domains=[spelling], k=[16], n_latents=[3072])
+        (domain,) = params.domains
+        dom = get_domain(spelling)
+        named.add(
+            (
+                domain,
+                experiment_name(domain),
+                model_name(domain, 16, 3072),
+                cell_name(domain, 16, 3072, params.batch_size),
+                dom.slug,
+                sweep_id(params, dom.slug, "snap-a", "v1"),
+            )
+        )
+    ((domain, experiment, model, cell_dir, folder, _),) = named
+    assert (domain, experiment, model) == (name, f"arxiv-sae/{name}", f"sae-{name}-k16-n3072")
+    assert (cell_dir, folder) == (f"{cell}_16_3072_1024", slug)
+    assert parse_cell_name(cell_dir) == (cell, 16, 3072, 1024)
 
 
 def _ref(k, n, nmse, dead):
