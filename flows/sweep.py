@@ -132,7 +132,7 @@ def sweep(params: SweepParams = SweepParams()) -> list[DomainResult]:  # noqa: B
 def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, sid):
     from prefect_ray import RayTaskRunner
 
-    from infra.code_version import code_version
+    from infra.code_version import code_version, git_commit
     from infra.ray_runtime import ensure_ray, pack_resources
     from tasks.sweep.track import (
         SweepContext,
@@ -154,6 +154,7 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
         batch_size=params.batch_size,
         lr=params.lr,
         epochs=params.epochs,
+        git_commit=git_commit(),
     )
     parent = open_parent(client, ctx, {"k": params.k, "n_latents": params.n_latents})
     result = DomainResult(domain, sid, snap.id, parent)

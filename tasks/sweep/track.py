@@ -47,15 +47,17 @@ class SweepContext:
     batch_size: int
     lr: float
     epochs: int
+    git_commit: str | None = None  # provenance only: the code_version is what decides
 
     def tags(self) -> dict[str, str]:
-        return {
+        tags = {
             "sweep_id": self.sweep_id,
             "domain": self.domain,
             "data_snapshot": self.data_snapshot,
             "embedder": self.embedder,
             "code_version": self.code_version,
         }
+        return tags | ({"git_commit": self.git_commit} if self.git_commit else {})
 
     def params(self) -> dict[str, str]:
         return {
