@@ -1,7 +1,10 @@
 """`make run`'s data step: the sample when there is one, else a recent window from arXiv
 (a local stand-in here), else one sentence saying what to do."""
 
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -64,17 +67,20 @@ def test_without_the_sample_a_recent_window_is_harvested_once(tmp_path, server, 
     assert len(server.requests) == asked
 
 
-def test_offline_without_the_sample_says_what_to_do(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SAE_HARVEST_API_URL", unused_url())
-    monkeypatch.setenv("SAE_HARVEST_OAI_URL", unused_url())
-    monkeypatch.setenv("SAE_HARVEST_MIN_INTERVAL_S", "0")
-    monkeypatch.setattr(quickstart, "RETRIES", 0)
-    with pytest.raises(SystemExit) as exit_info:
-        quickstart.main([str(tmp_path)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]  # above it, the harvester's log of each try
+def test_offline_without_the_sample_says_what_to_do(tmp_path):
+    # As `make run` runs it: its own process, so stderr is all the user would see.
+    closed = unused_url()
+    env = {**os.environ, "SAE_HARVEST_API_URL": closed, "SAE_HARVEST_OAI_URL": closed}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.quickstart", str(tmp_path)],
+        cwd=REPO,
+        env={**env, "SAE_HARVEST_MIN_INTERVAL_S": "0"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # above it, the harvester's log of each try
     assert last.startswith("error: no arXiv sample at") and last.endswith("rerun `make run`")
     assert f"no arXiv sample at {tmp_path / 'cs_lg.jsonl.gz'}" in last
     assert "set ARXIV_DATA=" in last and "connect to the internet" in last
