@@ -61,7 +61,8 @@ class Reply:
     delay_s: float = 0.0
     """Wait this long before answering."""
     chunk_delay_s: float = 0.0
-    """Send the body in ten pieces with this pause between them."""
+    """Send the body in ``chunks`` pieces with this pause between them."""
+    chunks: int = 10
     disconnect: bool = False
     """Close the connection without answering."""
 
@@ -385,7 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not reply.chunk_delay_s:
             self.wfile.write(reply.body)
             return
-        step = max(1, len(reply.body) // 10)
+        step = max(1, len(reply.body) // reply.chunks)
         for i in range(0, len(reply.body), step):
             self.wfile.write(reply.body[i : i + step])
             self.wfile.flush()

@@ -210,7 +210,7 @@ def test_retry_after_is_capped(server):
     server.fail(Reply.error(429, retry_after="3600"))
     started = time.monotonic()
     list(harvest_api(CS_LG, SINCE, UNTIL, config=_config(server, max_backoff_s=0.2)))
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 120  # far from the hour asked for, however loaded
     assert _gaps(server.requests)[0] >= 0.2 - 0.01
 
 
@@ -228,10 +228,8 @@ def test_retry_after_forms():
 
 def test_persistent_500_gives_up_after_max_retries_naming_url_status_and_attempts(server):
     server.fail(*[Reply.error(500)] * 10)
-    started = time.monotonic()
     with pytest.raises(HarvestError) as info:
         list(harvest_api(CS_LG, SINCE, UNTIL, config=_config(server, max_retries=3)))
-    assert time.monotonic() - started < 3.0
     assert len(server.requests) == 4
     message = str(info.value)
     assert server.api_url in message and "HTTP 500" in message and "4 attempts" in message
@@ -273,20 +271,20 @@ def test_dropped_connection_is_retried(server):
 
 
 def test_slow_server_times_out_instead_of_hanging(server):
-    server.fail(Reply.xml(atom_feed([], total=0, start=0, per_page=3), delay_s=1.0))
-    started = time.monotonic()
+    # An answer late by far more than the timeout: a client that waited for it would get
+    # a valid feed and no error, however slowly the machine runs.
+    server.fail(Reply.xml(atom_feed([], total=0, start=0, per_page=3), delay_s=60))
     with pytest.raises(HarvestError, match="Timeout"):
         list(harvest_api(CS_LG, SINCE, UNTIL, config=_config(server, timeout_s=0.2, max_retries=0)))
-    assert time.monotonic() - started < 1.0
 
 
 def test_trickling_response_is_cut_off_at_the_timeout(server):
     body = atom_feed([], total=0, start=0, per_page=3)
-    server.fail(Reply.xml(body, chunk_delay_s=0.1))  # every read is quick, the whole is not
-    started = time.monotonic()
-    with pytest.raises(HarvestError, match=r"not complete after 0\.3 s"):
-        list(harvest_api(CS_LG, SINCE, UNTIL, config=_config(server, timeout_s=0.3, max_retries=0)))
-    assert time.monotonic() - started < 1.0
+    # A byte every 0.2 s: each read is well within the 2 s timeout, the whole takes minutes,
+    # so only the cut-off ends it (a client without one would run into the test's timeout).
+    server.fail(Reply.xml(body, chunk_delay_s=0.2, chunks=len(body)))
+    with pytest.raises(HarvestError, match=r"not complete after 2\.0 s"):
+        list(harvest_api(CS_LG, SINCE, UNTIL, config=_config(server, timeout_s=2.0, max_retries=0)))
 
 
 def test_refused_connection_fails_quickly():
@@ -297,7 +295,7 @@ def test_refused_connection_fails_quickly():
     started = time.monotonic()
     with pytest.raises(HarvestError, match="3 attempts; last failure: ConnectError"):
         list(harvest_api(CS_LG, SINCE, UNTIL, config=config))
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 60  # a refusal, not three 60 s timeouts
 
 
 def test_bad_arguments_fail_at_the_call_not_at_the_first_record():
