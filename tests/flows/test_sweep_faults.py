@@ -60,7 +60,9 @@ def test_unreachable_service_fails_fast_naming_the_setting(monkeypatch, setting,
     result, seconds = _sweep("cs.LG", *SMALL)
     assert result.exit_code == 2
     assert what in result.output and setting in result.output
-    assert seconds < 15
+    # Prefect's and MLflow's own clients would retry for a minute or more; one check
+    # answers at once. The margin is for imports on a loaded machine.
+    assert seconds < 60
 
 
 def test_unreachable_s3_endpoint_fails_with_the_store_uri(monkeypatch):
@@ -96,7 +98,7 @@ def test_unreachable_ray_address_fails_fast():
     t0 = time.monotonic()
     with pytest.raises(RayUnavailableError, match="RAY_ADDRESS"):
         ensure_ray(Settings(ray_address=f"127.0.0.1:{_closed_port()}"))
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 60  # ray.init on a dead address retries for minutes
 
 
 def test_an_empty_corpus_is_a_clear_error(prefect_api, tmp_path):
