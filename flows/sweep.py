@@ -101,7 +101,7 @@ def sweep(params: SweepParams = SweepParams()) -> list[DomainResult]:  # noqa: B
     results = []
     for domain in params.domains:
         dom = get_domain(domain)
-        experiment_id = ensure_experiment(client, settings, domain, dom.slug)
+        experiment_id = ensure_experiment(client, settings, domain, dom.slug, embedder)
         corpus = ensure_corpus(domain, params.source)
         logger.info("%s: %d papers in the corpus", domain, corpus["papers"])
         if params.data_snapshot is None:

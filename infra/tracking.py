@@ -15,6 +15,11 @@ from infra.settings import Settings, mask_url
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PREFIX = "arxiv-sae/"
+#: The UI's description of an experiment or a run (markdown).
+NOTE_TAG = "mlflow.note.content"
+#: MLflow 3's experiment kind, and the value its UI offers as "custom model development".
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -50,8 +55,39 @@ def mlflow_client(settings: Settings):
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(client, settings: Settings, domain: str, slug: str) -> str:
-    """The experiment id of ``domain``, created with its artifacts in the store if new."""
+def ensure_experiment(client, settings: Settings, domain: str, slug: str, embedder: str) -> str:
+    """The experiment id of ``domain``, created with its artifacts in the store if new,
+    marked a model-training experiment and described (see :func:`describe_experiment`)."""
+    experiment_id = _get_or_create(client, settings, domain, slug)
+    describe_experiment(client, experiment_id, domain, embedder)
+    return experiment_id
+
+
+def describe_experiment(client, experiment_id: str, domain: str, embedder: str) -> None:
+    """Sets the experiment's kind and description (the embedder: the latest run's).
+
+    Without the kind, MLflow 3's UI guesses GenAI and opens on traces and evaluations.
+    """
+    tags = {EXPERIMENT_KIND_TAG: TRAINING_KIND, NOTE_TAG: experiment_note(domain, embedder)}
+    for key, value in tags.items():
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def experiment_note(domain: str, embedder: str) -> str:
+    return (
+        f"**TopK sparse autoencoders over arXiv {domain} abstracts**, embedded with "
+        f"`{embedder}` (title + abstract).\n\n"
+        "- a parent run per sweep (`run_kind=sweep`): its description is the results table; "
+        "plots and results.md / results.json in its artifacts\n"
+        "- a child run per k x n cell (`run_kind=cell`): training curves, held-out metrics, "
+        "the checkpoint and the logged model\n"
+        f"- a registered model per cell, `sae-{domain}-k{{k}}-n{{n}}`; the domain's best "
+        "has the alias `champion`\n"
+        "- a run per re-embed (`run_kind=reembed`): papers harvested and embedded\n"
+    )
+
+
+def _get_or_create(client, settings: Settings, domain: str, slug: str) -> str:
     name = experiment_name(domain)
     exp = client.get_experiment_by_name(name)
     if exp is not None:

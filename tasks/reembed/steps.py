@@ -243,7 +243,9 @@ def record_summary(summary: dict, flow_run_id: str | None = None) -> dict:
         description=f"re-embed of {dom.name}: new / duplicate / rejected / embedded",
     )
     client = mlflow_client(settings)
-    experiment_id = ensure_experiment(client, settings, dom.name, dom.slug)
+    experiment_id = ensure_experiment(
+        client, settings, dom.name, dom.slug, str(summary.get("embedder"))
+    )
     tags = {
         "run_kind": "reembed",
         "domain": dom.name,

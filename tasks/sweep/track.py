@@ -177,6 +177,11 @@ def set_champion(client, ctx: SweepContext, ref: CellRef, version: str, run_ids:
 
 
 def log_summary(client, parent_id: str, table_md: str, rows: list[dict], plots: list[Path]):
+    """Results table, rows, plots and headline metrics on the parent run; the table is also
+    its description, so the UI shows it on the run's page."""
+    from infra.tracking import NOTE_TAG
+
+    client.set_tag(parent_id, NOTE_TAG, f"Held-out metrics per cell (`*`: champion).\n\n{table_md}")
     client.log_text(parent_id, table_md, "results.md")
     client.log_dict(parent_id, {"cells": rows}, "results.json")
     for path in plots:
