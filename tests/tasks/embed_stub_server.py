@@ -101,7 +101,9 @@ class StubEmbeddingsServer:
                     body = raw
                 request = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 status, headers, out = stub._respond(request)
-                stub.gate.wait(timeout=120)
+                # Only a bound on a forgotten gate: tests set it whatever happens, and
+                # opening it on a timer would change what a slow test observes.
+                stub.gate.wait(timeout=600)
                 data = out if isinstance(out, bytes) else json.dumps(out).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
