@@ -23,6 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 PREFECT_FILE = "deployments/prefect.yaml"
 PREFECT = [sys.executable, "-m", "prefect"]
 CS = get_domain("cs.LG")
+#: Safety nets only: each wait below ends on an event (a process exit, runs on the
+#: calendar), and on a loaded machine a Prefect CLI or worker takes minutes to get there.
+CEILING_S = 600
+# The module's server, `prefect deploy` and a worker's whole re-embed, on a slow machine.
+pytestmark = pytest.mark.timeout(3 * CEILING_S)
 #: Settings of the tester's shell that must not reach the worker's flow runs.
 _SCRUB = (
     "SAE_STORE",
@@ -91,7 +96,7 @@ def deployed(tmp_path_factory):
     home = tmp_path_factory.mktemp("deployments")
     server = start_prefect_server(Settings(home=home / "server"), persistent=True)
     try:
-        server.wait_healthy(180)
+        server.wait_healthy(CEILING_S)
         with _client(server.api_url) as client:
             template = ProcessWorker.get_default_base_job_template()
             for pool in ("gpu", "cpu"):
@@ -104,7 +109,7 @@ def deployed(tmp_path_factory):
             env=_env(server.api_url, home),
             capture_output=True,
             text=True,
-            timeout=150,
+            timeout=CEILING_S,
         )
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
         yield server.api_url, home
@@ -166,7 +171,7 @@ def test_the_scheduler_puts_the_next_daily_runs_on_the_calendar(deployed):
 
     api_url, home = deployed
     server_log = home / "server" / "logs" / "prefect.log"
-    deadline, scheduled = time.monotonic() + 30, []
+    deadline, scheduled = time.monotonic() + CEILING_S, []
     with _client(api_url) as client:
         while time.monotonic() < deadline:
             scheduled = client.read_flow_runs(
@@ -228,7 +233,7 @@ def test_the_reembed_deployment_runs_once_through_a_worker(deployed):
             env=env,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=CEILING_S,
         )
         assert trigger.returncode == 0, trigger.stdout + trigger.stderr
         log_path = home / "worker.log"
@@ -242,9 +247,9 @@ def test_the_reembed_deployment_runs_once_through_a_worker(deployed):
                 start_new_session=True,
             )
         try:
-            worker.wait(timeout=200)
+            worker.wait(timeout=CEILING_S)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the worker did not finish in 200 s:\n{_tail(log_path)}")
+            pytest.fail(f"the worker did not finish in {CEILING_S} s:\n{_tail(log_path)}")
         finally:
             _stop(worker)
         assert worker.returncode == 0, _tail(log_path)

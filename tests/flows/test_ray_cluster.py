@@ -101,10 +101,11 @@ def ray_head():
         start_new_session=True,  # its own process group, so that it alone is stopped
     )
     try:
-        deadline = time.monotonic() + 120
+        # The log line or the head's exit decides; the deadline is only a safety net.
+        deadline = time.monotonic() + 600
         while "Ray runtime started" not in (tmp / "head.log").read_text():
             assert head.poll() is None, (tmp / "head.log").read_text()
-            assert time.monotonic() < deadline, "the Ray head did not start in 120 s"
+            assert time.monotonic() < deadline, "the Ray head did not start in 600 s"
             time.sleep(0.5)
         yield Head(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", token)
     finally:
@@ -115,6 +116,8 @@ def ray_head():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Starting the head and a whole sweep can outlast the default 300 s on a loaded machine.
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize("client", [False, True], ids=["gcs-address", "ray-client"])
 def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
     ray_head, arxiv_data, prefect_api, tmp_path, client
@@ -166,6 +169,7 @@ def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
     assert "| 4 | 32 | " in out and "sae-cs.LG-k4-n32" in out
 
 
+@pytest.mark.timeout(900)
 def test_a_driver_without_the_cluster_token_is_told_what_to_set(ray_head):
     env = {k: v for k, v in ray_head.driver_env().items() if not k.startswith("RAY_AUTH")}
     check = subprocess.run(

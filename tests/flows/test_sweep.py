@@ -185,6 +185,8 @@ def parents_embedder(parent) -> str:
     return parent.data.tags["embedder"]
 
 
+# The default 300 s can go to Ray and embedding alone on a loaded machine.
+@pytest.mark.timeout(1200)
 def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(sweep_store):
     import signal
     import threading
@@ -199,8 +201,8 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(r=_sweep(**params)))
     thread.start()
-    killed, deadline = None, time.monotonic() + 240
-    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+    killed = None
+    while killed is None and thread.is_alive():
         states = sweep_store.list("sae", "*/csLG_8_1024_32/train_state.pt")
         done = sweep_store.list("sae", "*/csLG_8_1024_32/metrics.json")
         pids = task_worker_pids("train-pack")
@@ -208,7 +210,7 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]
         time.sleep(0.05)
-    thread.join(300)
+    thread.join()
     assert killed is not None, "the pack finished before it could be killed: make it longer"
     (result,) = outcome["r"]
     assert not result.failed and len(result.cells) == 1

@@ -240,7 +240,7 @@ def test_stale_records_are_cleaned_and_never_signalled(settings):
     assert not (settings.home / "stack" / "stack.json").exists()
 
     # A live pid whose start time differs from the record's is someone else's process now.
-    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)
     try:
         _write_stale_record(settings, "prefect", sleeper.pid, started="1")
         assert ls.stack_down(settings) == []
@@ -304,7 +304,9 @@ def test_unreachable_configured_servers_fail_fast(monkeypatch):
     t0 = time.monotonic()
     with pytest.raises(ls.StackError) as error, ls.prefect_for_run(settings):
         pass
-    assert time.monotonic() - t0 < 10
+    # One check, where the clients' own retries would take a minute or more; the margin
+    # is for a loaded machine.
+    assert time.monotonic() - t0 < 60
     message = str(error.value)
     assert "cannot reach the Prefect server" in message
     assert "(PREFECT_API_URL)" in message
@@ -314,7 +316,7 @@ def test_unreachable_configured_servers_fail_fast(monkeypatch):
     t0 = time.monotonic()
     with pytest.raises(ls.StackError, match=r"MLflow server .*\(SAE_MLFLOW_TRACKING_URI\)"):
         ls.check_mlflow(settings)
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 60
 
 
 def test_sqlite_tracking_needs_no_server(settings):
@@ -327,7 +329,7 @@ def test_a_server_that_dies_at_start_quotes_its_log(monkeypatch):
     monkeypatch.setenv("SAE_MLFLOW_TRACKING_URI", "bogus://user:hunter2@nowhere/db")
     server = ls.start_mlflow_server(get_settings())
     with pytest.raises(ls.StackError) as error:
-        server.wait_healthy(timeout=60)
+        server.wait_healthy(timeout=300)  # its exit ends the wait; importing MLflow is slow
     message = str(error.value)
     assert "the mlflow server" in message and "exited" in message
     assert str(server.log_path) in message
