@@ -11,13 +11,39 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import DOMAIN_HELP, fail, parse_date, setup_logging
+from flows.cli_common import (
+    DOMAIN_HELP,
+    bug,
+    debug,
+    fail,
+    parse_date,
+    quiet_prefect_console,
+    set_debug,
+    setup_logging,
+    validation_message,
+)
 
 app = typer.Typer(
     help="Train sparse autoencoders (TopK SAEs) on embeddings of arXiv abstracts.",
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _options(
+    show_tracebacks: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="SAE_DEBUG",
+            help="Print the traceback of an unexpected error (otherwise it goes to "
+            "{SAE_HOME}/logs/sae.log); bad input is always one line.",
+        ),
+    ] = False,
+) -> None:
+    set_debug(show_tracebacks)
+
 
 _PACKAGES = (
     "torch",
@@ -69,9 +95,9 @@ def _ints(text: str, option: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{option} takes comma-separated integers, got {text!r}") from None
+        raise fail(f"{option} takes comma-separated integers (16,32), got {text!r}") from None
     if not values:
-        raise typer.BadParameter(f"{option} is empty")
+        raise fail(f"{option} is empty: give one or more comma-separated integers (16,32)")
     return values
 
 
@@ -397,7 +423,7 @@ def sweep(
             checkpoint_every_s=checkpoint_every_s,
         )
     except ValidationError as exc:
-        raise fail(_validation_message(exc)) from exc
+        raise fail(validation_message(exc, {"domains": "DOMAIN"})) from exc
     results = _run_sweep(params)
     from flows.sweep import results_markdown
 
@@ -413,25 +439,32 @@ def sweep(
 
 def _run_sweep(params):
     """Runs the flow against a Prefect server for this run; exit codes for the failures."""
-    from infra.local_stack import check_mlflow, prefect_for_run
+    from infra.local_stack import check_mlflow, check_prefect, prefect_for_run
     from infra.settings import get_settings
     from infra.store import Store
+    from tasks.sweep.preflight import check_sweep_inputs
 
     settings = get_settings()
     try:
-        # Fail at once on what is misconfigured, before any server starts.
+        # Fail at once on what is misconfigured, then on bad input, before any server starts.
         check_mlflow(settings)
-        Store.from_settings(settings).check_writable()
+        check_prefect(settings)
+        store = Store.from_settings(settings)
+        store.check_writable()
+        check_sweep_inputs(params, settings, store)
         with prefect_for_run(settings, while_booting=lambda: _warm_up(settings)):
             from flows.sweep import sweep
 
+            quiet_prefect_console()
             return sweep(params)
     except typer.Exit:
         raise
     except Exception as exc:
         code = _sweep_exit_code(exc)
         if code is None:
-            raise
+            if debug():
+                raise
+            raise bug(exc) from exc
         raise fail(exc, code) from exc
 
 
@@ -443,15 +476,17 @@ def _sweep_exit_code(exc: Exception) -> int | None:
     from infra.store import StoreError
     from infra.tracking import TrackingUnavailableError
     from sae.config import ConfigError
+    from tasks.corpus.readers import SourceError
+    from tasks.embed.embedders import EmbedderError
     from tasks.embed.manifest import EmbeddingStoreError
     from tasks.embed.run import EmbedFailedError, EmptyCorpusError
-    from tasks.sweep.steps import SweepInputError
+    from tasks.sweep.config import SweepInputError
 
     if isinstance(exc, SweepFailedError | EmbedFailedError):
         return 1
     bad_input = (
         StackError, StoreError, TrackingUnavailableError, RayUnavailableError, ConfigError,
-        SweepInputError, EmptyCorpusError, EmbeddingStoreError,
+        SweepInputError, EmptyCorpusError, EmbeddingStoreError, SourceError, EmbedderError,
     )  # fmt: skip
     return 2 if isinstance(exc, bad_input) else None
 
@@ -463,12 +498,6 @@ def _warm_up(settings) -> None:
     from infra.tracking import mlflow_client
 
     mlflow_client(settings).search_experiments(max_results=1)
-
-
-def _validation_message(exc) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg']}" for e in exc.errors()
-    )
 
 
 @app.command()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import traceback
+from datetime import UTC, datetime
 
 import typer
 
@@ -24,6 +28,72 @@ def setup_logging(own_handler: bool = True) -> None:
             logger.addHandler(handler)
 
 
+def quiet_prefect_console() -> None:
+    """Without --debug, Prefect's console shows a failed task or flow run as its one-line
+    message, not its traceback (the run's log on the Prefect server keeps it). Call once
+    Prefect is imported: importing it configures its logging."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if debug():
+        return
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(handler, PrefectConsoleHandler) and formatter is not None:
+            handler.setFormatter(
+                formatter if isinstance(formatter, _NoTraceback) else _NoTraceback(formatter)
+            )
+
+
+class _NoTraceback(logging.Formatter):
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        # The record goes on to other handlers (a log file): hide its traceback only here.
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def set_debug(on: bool) -> None:
+    """``sae --debug``; in the environment so that every command (and ``python -m``
+    entry points started from it) sees the same switch as ``SAE_DEBUG=1``."""
+    if on:
+        os.environ["SAE_DEBUG"] = "1"
+
+
+def debug() -> bool:
+    return os.environ.get("SAE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def bug(exc: BaseException) -> typer.Exit:
+    """An error no check foresaw, i.e. a bug: one line on stderr, the traceback appended
+    to ``{SAE_HOME}/logs/sae.log``; ``raise bug(exc)`` exits 1. Callers re-raise instead
+    when ``debug()``, so that the traceback is printed."""
+    from infra.settings import get_settings
+
+    text = "".join(traceback.format_exception(exc))
+    where = "the log file"
+    try:
+        path = get_settings().home / "logs" / "sae.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(f"{datetime.now(UTC).isoformat()} sae {' '.join(sys.argv[1:])}\n{text}\n")
+        where = str(path)
+    except (OSError, ValueError):  # no writable home, or settings that do not parse
+        pass
+    typer.echo(
+        f"error: unexpected {type(exc).__name__}: {exc} (a bug: the traceback is in {where}; "
+        "`sae --debug ...` or SAE_DEBUG=1 prints it)",
+        err=True,
+    )
+    return typer.Exit(1)
+
+
 def fail(message: object, code: int = 2) -> typer.Exit:
     """Print ``error: ...`` on stderr; ``raise fail(...)`` exits with ``code``."""
     typer.echo(f"error: {message}", err=True)
@@ -40,3 +110,21 @@ def parse_date(value: str, option: str):
         return date.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(f"{option} takes YYYY-MM-DD, got {value!r}") from None
+
+
+def validation_message(exc, options: dict[str, str] | None = None) -> str:
+    """A pydantic ValidationError as one line naming the command-line option of each bad
+    field (``--batch-size``, or what ``options`` maps the field to)."""
+    options = options or {}
+
+    def where(loc: tuple) -> str:
+        if not loc:
+            return "parameters"
+        field = str(loc[0])
+        return options.get(field, "--" + field.replace("_", "-")) + "".join(
+            f"[{p}]" for p in loc[1:]
+        )
+
+    return "; ".join(
+        f"{where(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+    )

@@ -14,7 +14,16 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import DOMAIN_HELP, fail, parse_date, setup_logging
+from flows.cli_common import (
+    DOMAIN_HELP,
+    bug,
+    debug,
+    fail,
+    parse_date,
+    quiet_prefect_console,
+    setup_logging,
+    validation_message,
+)
 
 EXIT_PARTIAL = 1
 EXIT_BAD_INPUT = 2
@@ -73,7 +82,9 @@ def reembed_command(
             wait_s=wait,
         )
     except ValidationError as exc:
-        raise fail(_validation_message(exc), EXIT_BAD_INPUT) from exc
+        raise fail(
+            validation_message(exc, {"domain": "DOMAIN", "wait_s": "--wait"}), EXIT_BAD_INPUT
+        ) from exc
     summary = run_reembed(params)
     typer.echo(summary_text(summary))
 
@@ -103,6 +114,7 @@ def run_reembed(params) -> dict:
         with prefect_for_run(settings, while_booting=_import_flow):
             from flows.reembed import reembed
 
+            quiet_prefect_console()
             return reembed(params)
     except CancelledRun as exc:
         raise fail(exc, EXIT_BUSY) from exc
@@ -121,17 +133,15 @@ def run_reembed(params) -> dict:
         ValueError,
     ) as exc:
         raise fail(exc, EXIT_BAD_INPUT) from exc
+    except Exception as exc:
+        if debug():
+            raise
+        raise bug(exc) from exc
 
 
 def _import_flow() -> None:
     # Imported while the Prefect server boots: Prefect, polars and MLflow take seconds.
     import flows.reembed  # noqa: F401
-
-
-def _validation_message(exc) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg']}" for e in exc.errors()
-    )
 
 
 def summary_text(s: dict) -> str:

@@ -42,14 +42,20 @@ def read_source(
     ``fmt`` is one of ``FORMATS`` or None to detect it per file. Raises SourceError at
     once, before any record is read, when the source or the format is unusable.
     """
-    if fmt is not None and fmt not in FORMATS:
-        raise SourceError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
     if limit is not None and limit < 0:
         raise SourceError(f"limit must be zero or more, got {limit}")
-    files = _data_files(Path(source))
-    plan = [(path, _format_of(path, fmt)) for path in files]
+    plan = check_source(source, fmt)
     records = (record for path, file_fmt in plan for record in _read_file(path, file_fmt))
     return islice(records, limit)
+
+
+def check_source(source: str | Path, fmt: str | None = None) -> list[tuple[Path, str]]:
+    """Each data file of the source with its format, reading no more than their first
+    bytes: SourceError now (a missing path, an unreadable file, an unknown format) rather
+    than once a flow has started."""
+    if fmt is not None and fmt not in FORMATS:
+        raise SourceError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    return [(path, _format_of(path, fmt)) for path in _data_files(Path(source))]
 
 
 def detect_format(path: str | Path) -> str:
@@ -81,9 +87,12 @@ def _data_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.exists():
-        raise SourceError(f"source {path} does not exist")
+        raise SourceError(
+            f"source {path} does not exist; give the path of an arXiv metadata file "
+            f"or folder ({', '.join(FORMATS)})"
+        )
     if not path.is_dir():
-        raise SourceError(f"source {path} is neither a file nor a folder")
+        raise SourceError(f"source {path} is neither a file nor a folder; give one of those")
     files = sorted(
         p
         for p in path.rglob("*")

@@ -14,6 +14,10 @@ PAPER_K = [16, 32, 64, 128]
 PAPER_N = [3072, 4608, 6144, 9216, 12288]
 
 
+class SweepInputError(ValueError):
+    """The sweep cannot start: no papers, no embeddings, an unknown snapshot."""
+
+
 class SweepParams(BaseModel):
     """A grid of TopK SAEs (every k x n_latents) per domain, trained on one data snapshot."""
 

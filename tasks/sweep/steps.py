@@ -14,24 +14,27 @@ from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.embed.snapshot import Snapshot
+from tasks.sweep.config import SweepInputError
 from tasks.sweep.train import CellRef, PackSpec
 
 log = logging.getLogger(__name__)
-
-
-class SweepInputError(ValueError):
-    """The sweep cannot start: no papers, no embeddings, an unknown snapshot."""
 
 
 def _store() -> Store:
     return Store.from_settings(get_settings())
 
 
-@task(name="ensure-corpus", retries=2, retry_delay_seconds=exponential_backoff(2))
+@task(
+    name="ensure-corpus",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=lambda task, run, state: _transient(state),
+)
 def ensure_corpus(domain: str, source: str | None) -> dict:
     """Ingest ``source`` (when given) and check the domain has papers."""
     from tasks.corpus.ingest import ingest_source
-    from tasks.corpus.storage import corpus_dir, read_papers
+    from tasks.corpus.storage import read_papers
+    from tasks.sweep.preflight import no_papers
 
     store, dom = _store(), get_domain(domain)
     counts: dict = {}
@@ -41,14 +44,16 @@ def ensure_corpus(domain: str, source: str | None) -> dict:
         counts = dict(report.counts)
     papers = read_papers(store, dom).height
     if papers == 0:
-        raise SweepInputError(
-            f"no papers for {domain} under {store.uri(corpus_dir(dom))}: pass a source "
-            f"(`sae sweep {domain} --source FILE`) or run `sae ingest {domain} FILE` first"
-        )
+        raise no_papers(store, dom)
     return {"papers": papers, **{f"ingest_{k}": v for k, v in counts.items()}}
 
 
-@task(name="ensure-embeddings", retries=2, retry_delay_seconds=exponential_backoff(2))
+@task(
+    name="ensure-embeddings",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=lambda task, run, state: _transient(state),
+)
 def ensure_embeddings(domain: str, embedder: str | None, up_to: int | None) -> dict:
     """Embed the papers that have no vector yet (at most until ``up_to`` are embedded)."""
     from tasks.embed.run import embed_domain
@@ -68,12 +73,13 @@ def fix_data_snapshot(
 ) -> Snapshot:
     """The fixed set of papers (ids + text hashes) the sweep trains on, with its split."""
     from tasks.embed.snapshot import fix_snapshot, snapshot_by_id
+    from tasks.sweep.preflight import unknown_snapshot
 
     store, dom = _store(), get_domain(domain)
     if pinned:
         snap = snapshot_by_id(store, dom, embedder, pinned)
         if snap is None:
-            raise SweepInputError(f"no data snapshot {pinned!r} for {domain} and {embedder}")
+            raise unknown_snapshot(dom, embedder, pinned)
     else:
         snap = fix_snapshot(store, dom, embedder, limit=limit)
     if snap.n_train == 0 or snap.n_eval == 0:
@@ -142,13 +148,22 @@ def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> lis
 
 
 def _transient(state) -> bool:
-    """Retry what may pass (a store hiccup, a lost node), not a bad configuration."""
+    """Retry what may pass (a store hiccup, a lost node), not bad input: the same input
+    fails the same way again (an embedder retries its own endpoint's hiccups)."""
     from sae.config import ConfigError
     from sae.data import DataError
+    from tasks.corpus.domains import UnknownDomainError
+    from tasks.corpus.readers import SourceError
+    from tasks.embed.embedders import EmbedderError
+    from tasks.embed.run import EmptyCorpusError
 
+    bad_input = (
+        ConfigError, DataError, SweepInputError, SourceError, UnknownDomainError,
+        EmbedderError, EmptyCorpusError,
+    )  # fmt: skip
     try:
         state.result()
-    except (ConfigError, DataError, SweepInputError):
+    except bad_input:
         return False
     except Exception:
         return True

@@ -136,3 +136,11 @@ def test_an_atom_error_feed_is_quarantined_and_exits_1(tmp_path):
     assert "incorrect id format for 1234" in result.output
     _, quarantine = corpus()
     assert quarantine["location"].to_list() == ["feed"]
+
+
+def test_a_missing_source_is_one_line_naming_the_fix():
+    result = runner.invoke(app, ["ingest", "cs_lg", "missing.jsonl.gz"])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "missing.jsonl.gz does not exist" in line and "give the path" in line
+    assert "Traceback" not in result.output

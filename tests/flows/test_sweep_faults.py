@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from infra.settings import get_settings
 
 runner = CliRunner()
 SMALL = ["--k", "4", "--n", "32", "--epochs", "1", "--batch-size", "16"]
@@ -28,6 +29,60 @@ def _sweep(*args: str):
     t0 = time.monotonic()
     result = runner.invoke(app, ["sweep", *args])
     return result, time.monotonic() - t0
+
+
+@pytest.fixture
+def no_flow(monkeypatch):
+    """Fails the command under test if it gets as far as starting a Prefect server, which
+    every flow run needs; tracebacks off whatever the caller's environment says."""
+    import infra.local_stack
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Prefect server, and so a flow run, was started")
+
+    monkeypatch.setattr(infra.local_stack, "prefect_for_run", refuse)
+    monkeypatch.setenv("SAE_DEBUG", "0")
+
+
+def _refused(result, *words: str) -> None:
+    """Exit 2, one ``error:`` line on stderr holding ``words``, no traceback anywhere."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert all(w in lines[0] for w in words), (words, lines[0])
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--source", "missing.jsonl.gz"], ["missing.jsonl.gz does not exist", "give the path"]),
+        (["--source", "{empty_dir}"], ["holds no data files"]),
+        (["--source", "{empty_file}"], ["empty file", "name one of"]),
+        ([], ["no papers for cs.LG", "sae ingest cs.LG"]),
+        (["--source", "{papers}", "--data-snapshot", "nope"], ["no data snapshot 'nope'"]),
+        (["--embedder", "word2vec"], ["unknown embedder spec"]),
+        (["--k", ""], ["--k is empty"]),
+        (["--k", "4,x"], ["--k takes comma-separated integers"]),
+        (["--k", "0"], ["--k: values must be positive"]),
+        (["--k", "64", "--n", "32"], ["k=64 is larger than n_latents=32", "drop that k"]),
+        (["--lr", "0"], ["--lr: Input should be greater than 0"]),
+        (["--epochs", "0"], ["--epochs: Input should be greater than 0"]),
+        (["--batch-size=-16"], ["--batch-size: Input should be greater than 0"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_before_any_flow_starts(args, words, no_flow, tmp_path):
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "empty_file.txt").write_text("")
+    (tmp_path / "papers.jsonl").write_text('{"id": "2401.00001", "title": "t"}\n')
+    places = {
+        "{empty_dir}": str(tmp_path / "empty_dir"),
+        "{empty_file}": str(tmp_path / "empty_file.txt"),
+        "{papers}": str(tmp_path / "papers.jsonl"),
+    }
+    result, _ = _sweep("cs.LG", *SMALL, *(places.get(a, a) for a in args))
+    _refused(result, *words)
+    assert not (get_settings().home / "mlflow.db").exists()  # MLflow untouched
 
 
 def test_unknown_domain_is_refused_before_anything_starts():
@@ -101,18 +156,62 @@ def test_unreachable_ray_address_fails_fast():
     assert time.monotonic() - t0 < 60  # ray.init on a dead address retries for minutes
 
 
-def test_an_empty_corpus_is_a_clear_error(prefect_api, tmp_path):
-    # A subprocess: the real command, its own Ray and the session's Prefect server.
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "SAE_HOME": str(tmp_path / "home")}
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "no papers for cs.LG"),
+        (["--source", "missing.jsonl.gz"], "source missing.jsonl.gz does not exist"),
+    ],
+)
+def test_the_real_command_refuses_bad_input_in_one_line(tmp_path, args, message):
+    # A subprocess: stderr exactly as a user sees it (logging, warnings and all).
+    env = {**os.environ, "SAE_HOME": str(tmp_path / "home")}
+    env.pop("SAE_DEBUG", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "sweep", "cs.LG", *SMALL],
+        [sys.executable, "-m", "flows.cli", "sweep", "cs_lg", *SMALL, *args],
         env=env,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "no papers for cs.LG" in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert not (tmp_path / "home" / "prefect").exists()  # no Prefect server, no flow run
+
+
+def test_a_bug_is_one_line_and_its_traceback_goes_to_the_log_or_with_debug(monkeypatch, tmp_path):
+    import contextlib
+
+    import flows.sweep
+    import infra.local_stack
+
+    def broken(params):
+        raise RuntimeError("a bug in the flow")
+
+    monkeypatch.setattr(
+        infra.local_stack, "prefect_for_run", lambda *a, **kw: contextlib.nullcontext()
+    )
+    monkeypatch.setattr(flows.sweep, "sweep", broken)
+    monkeypatch.setenv("SAE_DEBUG", "0")
+    papers = tmp_path / "papers.jsonl"
+    papers.write_text('{"id": "2401.00001", "title": "t"}\n')
+    args = ["sweep", "cs.LG", *SMALL, "--source", str(papers)]
+
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "unexpected RuntimeError: a bug in the flow" in line and "--debug" in line
+    assert "Traceback" not in result.output
+    logged = (get_settings().home / "logs" / "sae.log").read_text()
+    assert "Traceback" in logged and "a bug in the flow" in logged
+
+    for switch in ("--debug", "SAE_DEBUG=1"):
+        monkeypatch.setenv("SAE_DEBUG", "1" if switch == "SAE_DEBUG=1" else "0")
+        result = runner.invoke(app, ["--debug", *args] if switch == "--debug" else args)
+        assert result.exit_code == 1
+        assert isinstance(result.exception, RuntimeError), switch  # Typer prints it
 
 
 def test_s3_down_for_a_few_seconds_is_retried_without_partial_objects(monkeypatch):
