@@ -113,7 +113,9 @@ def train(
     batch_size: Annotated[int, typer.Option()] = 1024,
     lr: Annotated[float, typer.Option()] = 1e-3,
     limit: Annotated[int, typer.Option(help="Use at most this many rows (0: all).")] = 0,
-    domain: Annotated[str, typer.Option(help="Label used in cell names.")] = "synthetic",
+    domain: Annotated[
+        str, typer.Option(help="Label used in cell names (a known domain in any spelling).")
+    ] = "synthetic",
     seed: Annotated[int, typer.Option()] = 0,
     run_id: Annotated[
         str,
@@ -131,8 +133,10 @@ def train(
     from sae.config import ConfigError, RunInfo, SAEConfig, TrainConfig, to_dict
     from sae.data import DataError
     from sae.trainer import PackTrainer
+    from tasks.corpus.domains import canonical_name
 
     settings = get_settings()
+    domain = canonical_name(domain)  # cs_lg and cs.LG cells: one name, csLG_{k}_{n}_{batch}
     if not settings.store_is_local:
         raise typer.BadParameter(
             f"sae train writes to a local folder; SAE_STORE={settings.store} is remote",

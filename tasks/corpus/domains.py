@@ -77,5 +77,13 @@ def get_domain(name: str) -> Domain:
     raise UnknownDomainError(f"unknown domain {name!r}; known domains: {known}")
 
 
+def canonical_name(name: str) -> str:
+    """The canonical name of a known domain in any spelling; any other label unchanged."""
+    try:
+        return get_domain(name).name
+    except UnknownDomainError:
+        return name
+
+
 def _spelling_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from infra.tracking import EXPERIMENT_PREFIX, experiment_name
-from tasks.corpus.domains import UnknownDomainError, get_domain
+from tasks.corpus.domains import canonical_name
 
 DEFAULT_METRICS = ("nmse", "log_feature_density", "act_mean", "dead_fraction")
 
@@ -52,14 +52,6 @@ def _quote(value: str) -> str:
     if '"' not in value:
         return f'"{value}"'
     raise ValueError(f"cannot filter MLflow runs on a value with both quote kinds: {value!r}")
-
-
-def _canonical(domain: str) -> str:
-    """``cs_lg`` finds ``arxiv-sae/cs.LG``; a name no domain knows is looked up as is."""
-    try:
-        return get_domain(domain).name
-    except UnknownDomainError:
-        return domain
 
 
 def _experiments(client, domains: Sequence[str] | None) -> list:
@@ -131,7 +123,7 @@ def cell_rows(
     client = _client(client_or_tracking_uri)
     if isinstance(domains, str):
         domains = [domains]
-    domains = None if domains is None else [_canonical(d) for d in domains]
+    domains = None if domains is None else [canonical_name(d) for d in domains]
     which = ", ".join(domains) if domains else "any domain"
     hint = f"sae sweep {domains[0]}" if domains else "sae sweep <domain>"
     experiments = _experiments(client, domains)
@@ -258,7 +250,7 @@ def latest_sweep_id(client_or_tracking_uri, domain: str) -> str | None:
     None when the experiment or any sweep run is missing.
     """
     client = _client(client_or_tracking_uri)
-    experiments = _experiments(client, [_canonical(domain)])
+    experiments = _experiments(client, [canonical_name(domain)])
     if not experiments:
         return None
     experiment = experiments[0]
