@@ -63,8 +63,6 @@ class TopKSAE(nn.Module):
         self.b_lat = nn.Parameter(torch.zeros(n))
         self.b_pre = nn.Parameter(torch.zeros(d))
         self.register_buffer("samples_since_fired", torch.zeros(n, dtype=torch.long))
-        self.sync_free_aux: bool | None = None
-        """AuxK search without host syncs (masking all columns); None: on when not on CPU."""
 
     # ------------------------------------------------------------------ encode
     @property
@@ -92,7 +90,7 @@ class TopKSAE(nn.Module):
         k = self.k if k is None else k
         x_c = x_BD - self.b_pre
         values, indices = self.pre_activations(x_c, compute_dtype).topk(k, dim=1, sorted=True)
-        values = selected_encode(x_c, self.W_enc, self.b_lat, indices, values)
+        values = selected_encode(x_BD, self.b_pre, self.W_enc, self.b_lat, indices, values)
         return torch.relu(values), indices
 
     def decode(self, values_BK: torch.Tensor, indices_BK: torch.Tensor) -> torch.Tensor:
@@ -127,7 +125,8 @@ class TopKSAE(nn.Module):
             sel_v = torch.cat([top_v, aux[1]], dim=1)
         else:
             sel_i, sel_v = top_i, top_v
-        sel_v = torch.relu(selected_encode(x_c, self.W_enc, self.b_lat, sel_i, sel_v))
+        sel_v = selected_encode(x_BD, self.b_pre, self.W_enc, self.b_lat, sel_i, sel_v)
+        sel_v = torch.relu(sel_v)
 
         k = cfg.k
         values, indices = sel_v[:, :k], sel_i[:, :k]
@@ -145,37 +144,30 @@ class TopKSAE(nn.Module):
             kt = cfg.k_encode
             residual = x_BD - x_hat.detach()
             e_hat = sparse_decode(sel_v[:, kt:], sel_i[:, kt:], self.W_dec)
-            auxk = torch.nan_to_num(fvu(e_hat, residual), nan=0.0) * aux[2]
+            auxk = torch.nan_to_num(fvu(e_hat, residual), nan=0.0)
 
         loss = nmse + cfg.aux_coef * auxk + multi / 8.0
         return SAEOutput(x_hat, values, indices, nmse, auxk, multi, loss)
 
     def _aux_select(self, z_pre_BN: torch.Tensor, dead_mask_N: torch.Tensor):
-        """(indices, pre-activations, gate) of the top-k_aux dead latents, or None.
+        """(indices, pre-activations) of the top-k_aux dead latents, or None if none is dead.
 
-        On the CPU only the dead columns are searched (reading the dead count is free
-        there). On an accelerator the search runs over all columns with the live ones
-        masked, so no step waits for the host; ``gate`` zeroes the loss when no latent
-        is dead, and picks beyond the dead count get -inf (0 after the ReLU).
+        Only the dead columns are searched, which needs their count on the host: one
+        sync per step. On an H200 (d=1536, n=12288, batch 4096, bf16) that beat masking
+        the live columns and searching all of them, the sync-free way, in every case:
+        k=32 with 10% dead 5.7 ms a step against 9.6, k=128 7.6 against 18.7, and with
+        none dead 5.0 against 9.5 (nothing to search, so AuxK is skipped).
         """
         if self.cfg.aux_coef == 0:
             return None
-        k_aux = self.cfg.effective_k_aux
-        sync_free = self.sync_free_aux
-        if sync_free is None:
-            sync_free = z_pre_BN.device.type != "cpu"
-        if not sync_free:
-            dead_ids = dead_mask_N.nonzero().squeeze(1)
-            if dead_ids.numel() == 0:
-                return None
-            _, pos = z_pre_BN.index_select(1, dead_ids).topk(
-                min(k_aux, dead_ids.numel()), dim=1, sorted=False
-            )
-            idx = dead_ids[pos]
-            return idx, z_pre_BN.gather(1, idx), z_pre_BN.new_ones(())
-        masked = z_pre_BN.masked_fill(~dead_mask_N, -torch.inf)
-        vals, idx = masked.topk(k_aux, dim=1, sorted=False)
-        return idx, vals, dead_mask_N.any().to(z_pre_BN.dtype)
+        dead_ids = dead_mask_N.nonzero().squeeze(1)
+        if dead_ids.numel() == 0:
+            return None
+        _, pos = z_pre_BN.index_select(1, dead_ids).topk(
+            min(self.cfg.effective_k_aux, dead_ids.numel()), dim=1, sorted=False
+        )
+        idx = dead_ids[pos]
+        return idx, z_pre_BN.gather(1, idx)
 
     # ------------------------------------------------------------ constraints
     def dead_mask(self) -> torch.Tensor:

@@ -1,8 +1,8 @@
 import sys
 
-from sae.bench import grid, kernels, step
+from sae.bench import aot, grid, kernels, step
 
-_COMMANDS = {"step": step.main, "kernels": kernels.main, "grid": grid.main}
+_COMMANDS = {"step": step.main, "kernels": kernels.main, "grid": grid.main, "aot": aot.main}
 
 
 def main(argv: list[str]) -> None:

@@ -65,7 +65,63 @@ def _bytes(B, k, n, d, elt, what):
     return B * k * d * (4 + elt) + n * d * 4 + n * 4 + B * d * 4 + B * k * 12
 
 
-def main(argv: list[str] | None = None) -> None:
+def measure(
+    d: int,
+    ns: list[int],
+    ks: list[int],
+    batch: int,
+    dtypes: list[str],
+    steps: int,
+    device: str | torch.device,
+) -> list[dict]:
+    """One row per (op, dtype, n, k, impl): ms, GB/s, % of peak bandwidth, speed-up over dense."""
+    device = torch.device(device)
+    impls = [("torch", torch_ops)]
+    if device.type == "cuda":
+        from sae.kernels import triton_ops
+
+        impls.insert(0, ("triton", triton_ops))
+    peak = peak_bandwidth(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        elt = torch.finfo(dtype).bits // 8
+        for n in ns:
+            W = torch.randn(n, d, device=device, generator=g).to(dtype)
+            for k in ks:
+                idx = torch.randint(0, n, (batch, k), device=device, generator=g)
+                v = torch.rand(batch, k, device=device, generator=g).to(dtype)
+                grad = torch.randn(batch, d, device=device, generator=g)
+                x_c = torch.randn(batch, d, device=device, generator=g).to(dtype)
+                for what, make, dense, kind in (
+                    (
+                        "decode fwd+bwd",
+                        _decode_fwd_bwd,
+                        _dense_decode(idx, v, W, grad, n),
+                        "decode",
+                    ),
+                    ("encoder bwd", _encoder_bwd, _dense_encoder(idx, v, W, x_c, n), "enc"),
+                ):
+                    nbytes = _bytes(batch, k, n, d, elt, kind)
+                    other = grad if kind == "decode" else x_c
+                    t_dense = median_seconds(dense, steps, device=device)
+                    timed = [
+                        (name, median_seconds(make(ops, idx, v, W, other, n), steps, device=device))
+                        for name, ops in impls
+                    ]
+                    for name, t in [*timed, ("dense", t_dense)]:
+                        gbs = nbytes / t / 1e9
+                        rows.append({
+                            "op": what, "dtype": dtype_name, "n": n, "k": k, "impl": name,
+                            "ms": t * 1e3, "gb_s": gbs,
+                            "pct_peak": 100 * gbs * 1e9 / peak if peak else None,
+                            "x_dense": t_dense / t,
+                        })  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--d", type=int, default=1536 if cuda else 384)
@@ -74,46 +130,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=4096 if cuda else 1024)
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
     a = p.parse_args(argv)
-    device = torch.device("cuda" if cuda else "cpu")
-    impls = [("torch", torch_ops)]
-    if cuda:
-        from sae.kernels import triton_ops
-
-        impls.insert(0, ("triton", triton_ops))
-    peak = peak_bandwidth(device)
-    print(f"sparse kernels on {device_name(device)}, d={a.d}, batch={a.batch}, median of {a.steps}")
+    ints = [[int(v) for v in s.split(",")] for s in (a.n, a.k)]
+    rows = measure(a.d, *ints, a.batch, a.dtypes.split(","), a.steps, a.device)
+    peak = peak_bandwidth(a.device)
+    print(
+        f"sparse kernels on {device_name(a.device)}, d={a.d}, batch={a.batch}, median of {a.steps}"
+    )
     head = f"{'op':<16}{'dtype':<10}{'n':>6}{'k':>5}  {'impl':<7}{'ms':>9}{'GB/s':>9}"
     print(head + (f"{'% peak':>8}" if peak else "") + f"{'x dense':>9}")
-    g = torch.Generator(device=device).manual_seed(0)
-    for dtype_name in a.dtypes.split(","):
-        dtype = getattr(torch, dtype_name)
-        elt = torch.finfo(dtype).bits // 8
-        for n in (int(v) for v in a.n.split(",")):
-            W = torch.randn(n, a.d, device=device, generator=g).to(dtype)
-            for k in (int(v) for v in a.k.split(",")):
-                B, d = a.batch, a.d
-                idx = torch.randint(0, n, (B, k), device=device, generator=g)
-                v = torch.rand(B, k, device=device, generator=g).to(dtype)
-                grad = torch.randn(B, d, device=device, generator=g)
-                x_c = torch.randn(B, d, device=device, generator=g).to(dtype)
-                for what, make, dense in (
-                    ("decode fwd+bwd", _decode_fwd_bwd, _dense_decode(idx, v, W, grad, n)),
-                    ("encoder bwd", _encoder_bwd, _dense_encoder(idx, v, W, x_c, n)),
-                ):
-                    t_dense = median_seconds(dense, a.steps, device=device)
-                    nbytes = _bytes(B, k, n, d, elt, "decode" if what.startswith("dec") else "enc")
-                    rows = [(name, make(ops, idx, v, W, grad if what.startswith("dec") else x_c, n))
-                            for name, ops in impls]  # fmt: skip
-                    for name, fn in [*rows, ("dense", dense)]:
-                        t = (
-                            t_dense
-                            if name == "dense"
-                            else median_seconds(fn, a.steps, device=device)
-                        )
-                        gbs = nbytes / t / 1e9
-                        line = f"{what:<16}{dtype_name:<10}{n:>6}{k:>5}  {name:<7}{t * 1e3:>9.3f}"
-                        line += f"{gbs:>9.1f}" + (
-                            f"{100 * gbs * 1e9 / peak:>7.1f}%" if peak else ""
-                        )
-                        print(line + f"{t_dense / t:>9.2f}")
+    for r in rows:
+        line = f"{r['op']:<16}{r['dtype']:<10}{r['n']:>6}{r['k']:>5}  {r['impl']:<7}"
+        line += f"{r['ms']:>9.3f}{r['gb_s']:>9.1f}"
+        line += f"{r['pct_peak']:>7.1f}%" if peak else ""
+        print(line + f"{r['x_dense']:>9.2f}")
+    return rows

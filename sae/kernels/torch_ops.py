@@ -1,7 +1,8 @@
 """The sparse TopK ops in plain torch: the fallback on CPU, or when Triton is off.
 
 Built on ``embedding_bag``, which sums selected rows without materialising the
-[B, k, d] gathered tensor.
+[B, k, d] gathered tensor. Inputs are taken to float32 first: the contract is float32
+accumulation, and CUDA's embedding_bag has no bf16 per-sample-weight backward.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ import torch
 import torch.nn.functional as F
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def gather_weighted_sum(indices_BK, values_BK, table_ND, bias_D=None) -> torch.Tensor:
     B, k = indices_BK.shape
     if k == 0:
         out = torch.zeros(B, table_ND.shape[1], dtype=torch.float32, device=table_ND.device)
     else:
         out = F.embedding_bag(
-            indices_BK, table_ND, mode="sum", per_sample_weights=values_BK.to(table_ND.dtype)
-        ).float()
+            indices_BK, _f32(table_ND), mode="sum", per_sample_weights=_f32(values_BK)
+        )
     return out if bias_D is None else out + bias_D
 
 
@@ -27,13 +32,13 @@ def gather_dot(indices_BK, table_ND, vec_BD) -> torch.Tensor:
         return torch.zeros(indices_BK.shape, dtype=torch.float32, device=table_ND.device)
     with torch.enable_grad():
         probe_BK = torch.zeros(
-            indices_BK.shape, dtype=table_ND.dtype, device=table_ND.device, requires_grad=True
+            indices_BK.shape, dtype=torch.float32, device=table_ND.device, requires_grad=True
         )
         out_BD = F.embedding_bag(
-            indices_BK, table_ND.detach(), mode="sum", per_sample_weights=probe_BK
+            indices_BK, _f32(table_ND.detach()), mode="sum", per_sample_weights=probe_BK
         )
-        (grad_BK,) = torch.autograd.grad(out_BD, probe_BK, vec_BD.to(out_BD.dtype))
-    return grad_BK.float()
+        (grad_BK,) = torch.autograd.grad(out_BD, probe_BK, _f32(vec_BD))
+    return grad_BK
 
 
 def segment_sum(indices_BK, weights_BK, rows_BD, n: int, with_weight_sum: bool = False):
@@ -53,9 +58,9 @@ def segment_sum(indices_BK, weights_BK, rows_BD, n: int, with_weight_sum: bool =
     offsets_N[1:] = counts_N.cumsum(0)[:-1]
     out = F.embedding_bag(
         torch.div(order, k, rounding_mode="floor"),
-        rows_BD,
+        _f32(rows_BD),
         offsets_N,
         mode="sum",
-        per_sample_weights=weights_BK.reshape(-1)[order].to(rows_BD.dtype),
+        per_sample_weights=_f32(weights_BK.reshape(-1)[order]),
     )
-    return out.float(), wsum
+    return out, wsum

@@ -80,11 +80,9 @@ def test_forward_and_gradients_match_dense_reference(make_data, multi):
     _assert_same_grads(out, expect, model, ref)
 
 
-@pytest.mark.parametrize("sync_free", [False, True])
-def test_auxk_loss_and_gradients_match_dense_reference(make_data, sync_free):
+def test_auxk_loss_and_gradients_match_dense_reference(make_data):
     cfg = SAEConfig(d_in=16, n_latents=64, k=4, k_aux=6)
     model, ref = _model_and_ref(cfg)
-    model.sync_free_aux = sync_free
     x = make_data(48, 16)
     dead = torch.zeros(64, dtype=torch.bool)
     dead[::3] = True  # 22 dead latents
@@ -112,11 +110,9 @@ def test_auxk_gradient_reaches_dead_latents_encoder_rows(make_data):
     assert model.W_enc.grad[fired].abs().sum() == 0
 
 
-@pytest.mark.parametrize("sync_free", [False, True])
-def test_few_dead_latents_use_all_of_them(make_data, sync_free):
+def test_few_dead_latents_use_all_of_them(make_data):
     cfg = SAEConfig(d_in=16, n_latents=32, k=4, k_aux=8)
     model, ref = _model_and_ref(cfg)
-    model.sync_free_aux = sync_free
     x = make_data(32, 16)
     dead = torch.zeros(32, dtype=torch.bool)
     dead[[3, 7]] = True
@@ -126,10 +122,8 @@ def test_few_dead_latents_use_all_of_them(make_data, sync_free):
     _assert_same_grads(out, expect, model, ref)
 
 
-@pytest.mark.parametrize("sync_free", [False, True])
-def test_no_dead_latents_means_no_auxk_loss(make_data, sync_free):
+def test_no_dead_latents_means_no_auxk_loss(make_data):
     model, _ = _model_and_ref(SAEConfig(d_in=16, n_latents=32, k=4))
-    model.sync_free_aux = sync_free
     out = model(make_data(32, 16), dead_mask_N=torch.zeros(32, dtype=torch.bool))
     assert out.auxk_loss == 0
     torch.testing.assert_close(out.loss, out.nmse)

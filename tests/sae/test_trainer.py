@@ -10,6 +10,19 @@ from sae import ConfigError, DataError, PackTrainer, RunInfo, SAEConfig, TopKSAE
 
 D = 24
 
+# The exactness claims hold on CUDA too (Triton kernels, one matmul for the pack):
+# checked by `pytest -m gpu` on a GPU machine (scripts/gpu_check.sh).
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        ],
+    ),
+]
+
 
 def _cfgs(*kn, **kw):
     return [SAEConfig(d_in=D, n_latents=n, k=k, **kw) for k, n in kn]
@@ -38,12 +51,13 @@ def test_training_lowers_nmse_well_below_one(make_data):
     assert math.isfinite(res.metrics.log_feature_density)
 
 
-def test_cells_in_a_pack_match_cells_trained_alone(make_data):
+@pytest.mark.parametrize("device", DEVICES)
+def test_cells_in_a_pack_match_cells_trained_alone(make_data, device):
     x = make_data(600, D)
-    packed = PackTrainer(_cfgs((4, 64), (8, 96)), _train())
+    packed = PackTrainer(_cfgs((4, 64), (8, 96)), _train(), device=device)
     packed.fit(x)
     for cfg in _cfgs((4, 64), (8, 96)):
-        solo = PackTrainer([cfg], _train())
+        solo = PackTrainer([cfg], _train(), device=device)
         solo.fit(x)
         ours = next(c for c in packed._cells if c.cfg == cfg)
         for a, b in zip(_weights(ours.model), _weights(solo._cells[0].model), strict=True):
@@ -54,12 +68,13 @@ class CrashError(RuntimeError):
     pass
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("crash_at", [8, 12])
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, make_data, crash_at):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, make_data, crash_at, device):
     x = make_data(640, D)
     cfgs = _cfgs((4, 64), (6, 48), dead_threshold_samples=128)  # AuxK kicks in early
     train = _train(epochs=3, checkpoint_every_steps=4)
-    ref = PackTrainer(cfgs, train, out_dir=tmp_path / "ref")
+    ref = PackTrainer(cfgs, train, out_dir=tmp_path / "ref", device=device)
     ref_results = ref.fit(x)
 
     def crash(name, step, metrics):
@@ -67,8 +82,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, make_data, c
             raise CrashError
 
     with pytest.raises(CrashError):
-        PackTrainer(cfgs, train, out_dir=tmp_path / "run", on_log=crash).fit(x)
-    resumed = PackTrainer(cfgs, train, out_dir=tmp_path / "run")
+        PackTrainer(cfgs, train, out_dir=tmp_path / "run", on_log=crash, device=device).fit(x)
+    resumed = PackTrainer(cfgs, train, out_dir=tmp_path / "run", device=device)
     results = resumed.fit(x)
     for a, b in zip(ref._cells, resumed._cells, strict=True):
         for wa, wb in zip(_weights(a.model), _weights(b.model), strict=True):
@@ -79,7 +94,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, make_data, c
             torch.testing.assert_close(sa[key]["exp_avg"], sb[key]["exp_avg"], rtol=0, atol=0)
     assert [r.metrics for r in results] == [r.metrics for r in ref_results]
     loaded = TopKSAE.load(results[0].directory)
-    torch.testing.assert_close(loaded.W_dec, ref._cells[0].model.W_dec)
+    torch.testing.assert_close(loaded.W_dec, ref._cells[0].model.W_dec.cpu())
 
 
 def test_a_finished_pack_is_not_retrained(tmp_path, make_data):
