@@ -3,7 +3,7 @@ VENV ?= .venv
 # The shared arXiv sample (see its PROVENANCE.md); point elsewhere with ARXIV_DATA=...
 ARXIV_DATA ?= ../shared/data/arxiv
 
-.PHONY: install run test lint bench lock
+.PHONY: install run test lint bench lock gpu-check
 
 install:
 	@VENV=$(VENV) bash .ci/install
@@ -22,6 +22,10 @@ test: install
 bench: install
 	$(VENV)/bin/python -m sae.bench
 	$(VENV)/bin/python -m tasks.embed.bench --n 1000 --repeats 3
+
+# On a GPU machine: correctness and speed of the kernels and the grid, in one go.
+gpu-check:
+	PYTHON=$(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3) bash scripts/gpu_check.sh
 
 # Re-resolve requirements.lock after changing pyproject.toml.
 lock:
