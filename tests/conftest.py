@@ -95,7 +95,9 @@ def prefect_api(tmp_path_factory):
     from infra.settings import Settings
 
     home = tmp_path_factory.mktemp("prefect_server_home")
-    server = start_prefect_server(Settings(home=home)).wait_healthy(180)
+    # Healthy or exited ends the wait; no ceiling shorter than the first test's own timeout,
+    # which a server booting on a loaded machine can approach.
+    server = start_prefect_server(Settings(home=home)).wait_healthy(600)
     yield server.api_url
     server.stop()
 
