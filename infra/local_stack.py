@@ -3,8 +3,10 @@
 * One run with nothing configured: :func:`prefect_for_run` gives the run a Prefect server
   (the configured one, else the ``sae up`` one, else one it starts and stops itself) and
   points ``PREFECT_API_URL`` at it, so Ray workers started afterwards report to that server
-  instead of each starting a temporary one. MLflow needs no server then: the sqlite file
-  under ``SAE_HOME``. :func:`check_mlflow` fails fast on an unreachable MLflow server.
+  instead of each starting a temporary one. A run's own server keeps its history in the
+  database ``sae up`` serves (``{home}/prefect/prefect.db``), so the Prefect UI shows every
+  run. MLflow needs no server then: the sqlite file under ``SAE_HOME``.
+  :func:`check_mlflow` fails fast on an unreachable MLflow server.
 * ``sae up`` / ``sae down``: :func:`stack_up` / :func:`stack_down` keep Prefect, MLflow (and
   optionally an S3 endpoint, moto) running between runs, recorded in ``{home}/stack/``
   (``{name}.pid``, ``stack.json``); logs in ``{home}/logs/{name}.log``.
@@ -28,8 +30,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from infra.settings import mask_url
 
@@ -63,6 +66,10 @@ _RUN_SERVER_OFF = (
 
 class StackError(RuntimeError):
     """A local server did not start, or a configured one cannot be reached."""
+
+
+class DatabaseInUseError(StackError):
+    """Another Prefect server serves the sqlite file this one was to serve."""
 
 
 # Processes started by this process, so stopping one also reaps it (no zombies left behind).
@@ -267,6 +274,7 @@ def _spawn(
     health_path: str,
     api_path: str = "",
     log_name: str | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Server:
     if not port_is_free(port):
         # Checked here: a server already answering there would pass our health check.
@@ -283,6 +291,7 @@ def _spawn(
             env=env,
             cwd=home,  # whatever a server writes next to itself stays under SAE_HOME
             start_new_session=True,
+            pass_fds=pass_fds,
         )
     _children[process.pid] = process
     url = f"http://{HOST}:{port}"
@@ -297,6 +306,29 @@ def _server_env(**updates: str) -> dict[str, str]:
     return env
 
 
+def history_database(settings: Settings) -> Path:
+    """The sqlite file of every local Prefect server: ``sae up``'s and each run's own."""
+    return settings.home / "prefect" / "prefect.db"
+
+
+def _claim_database(database: Path) -> IO[str] | None:
+    """An exclusive lock on ``{database}.lock`` as an open file, or None if a server holds it.
+
+    Two servers on one sqlite file would fight over its migrations and locks. The server
+    inherits the lock, so it is held exactly as long as that server runs.
+    """
+    import fcntl
+
+    # Not a `with`: the lock outlives this function, in the server.
+    lock = open(database.with_name(database.name + ".lock"), "w")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
 def start_prefect_server(
     settings: Settings,
     port: int | None = None,
@@ -306,14 +338,21 @@ def start_prefect_server(
 ) -> Server:
     """Starts ``prefect server start`` on 127.0.0.1 and returns at once (see wait_healthy).
 
-    The database is an sqlite file under ``{home}/prefect`` (``run.db`` for a run's server,
-    ``prefect.db`` for ``sae up``), reused so a later start skips the migrations. A run's
-    server (``persistent=False``) serves no UI and runs none of the scheduling services.
+    The database is :func:`history_database` unless given, so a run's server and ``sae up``
+    record one history (and a later start skips the migrations); DatabaseInUseError while
+    another server serves it. A run's server (``persistent=False``) serves no UI and runs
+    none of the scheduling services.
     """
     port = port or free_port()
     prefect_home = settings.home / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
-    database = database or prefect_home / ("prefect.db" if persistent else "run.db")
+    database = database or history_database(settings)
+    lock = _claim_database(database)
+    if lock is None:
+        raise DatabaseInUseError(
+            f"another Prefect server serves {database} (a run started without `sae up`?): "
+            "start this one once it has stopped"
+        )
     env = _server_env(
         PREFECT_HOME=str(prefect_home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -327,16 +366,18 @@ def start_prefect_server(
         env.update(dict.fromkeys(_RUN_SERVER_OFF, "false"))
     argv = [sys.executable, "-m", "infra.prefect_server", "server", "start", "--host", HOST]
     argv += ["--port", str(port)]
-    return _spawn(
-        settings,
-        "prefect",
-        argv,
-        port=port,
-        env=env,
-        health_path="/api/health",
-        api_path="/api",
-        log_name="prefect" if persistent else "prefect-run",
-    )
+    with lock:
+        return _spawn(
+            settings,
+            "prefect",
+            argv,
+            port=port,
+            env=env,
+            health_path="/api/health",
+            api_path="/api",
+            log_name="prefect" if persistent else "prefect-run",
+            pass_fds=(lock.fileno(),),
+        )
 
 
 def local_tracking_uri(settings: Settings) -> str:
@@ -453,31 +494,29 @@ def _environ(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
-@contextlib.contextmanager
-def _run_database(settings: Settings) -> Iterator[Path]:
-    """``{home}/prefect/run.db`` while this run holds it; a private file when another run does.
-
-    Two servers on one sqlite file would fight over its migrations and locks.
-    """
-    folder = settings.home / "prefect"
-    folder.mkdir(parents=True, exist_ok=True)
+def _start_run_server(settings: Settings, stack: contextlib.ExitStack) -> tuple[Server, bool]:
+    """A Prefect server for one run and whether it keeps the history: on the shared file,
+    else (another run's server holds it) on a private one that goes away with the run."""
     try:
-        import fcntl
-    except ImportError:  # no flock (Windows): share the file
-        yield folder / "run.db"
-        return
-    with open(folder / "run.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            private = folder / f"run-{os.getpid()}.db"
-            try:
-                yield private
-            finally:
-                for path in folder.glob(f"{private.name}*"):  # with its -wal and -shm
-                    path.unlink(missing_ok=True)
-            return
-        yield folder / "run.db"
+        return start_prefect_server(settings), True
+    except DatabaseInUseError:
+        private = history_database(settings).with_name(f"run-{os.getpid()}.db")
+        log.warning(
+            "another run's Prefect server holds %s: this run's Prefect history is not kept",
+            history_database(settings),
+        )
+        stack.callback(_remove_database, private)
+        return start_prefect_server(settings, database=private), False
+
+
+def stack_prefect_ui() -> str:
+    """Where ``sae up`` serves the Prefect UI when its port is free: runs without it link there."""
+    return f"http://{HOST}:{DEFAULT_PORTS['prefect']}"
+
+
+def _remove_database(database: Path) -> None:
+    for path in database.parent.glob(f"{database.name}*"):  # with its -wal, -shm and .lock
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -498,26 +537,61 @@ def prefect_for_run(
     A new server takes 10-20 s to boot on 2 cores. ``while_booting`` is called meanwhile, with the
     variable already set: pass the rest of the start-up (``ray.init``, loading data) so it
     overlaps. The block is entered once the server answers.
+
+    A server started here serves no UI and stops with the run, but records into the
+    database ``sae up`` serves: Prefect's "View at" links point at the ``sae up`` UI
+    (``PREFECT_UI_URL``), and at the end the run logs how to open its flow runs there.
     """
     url = _running_prefect_url(settings)
     with contextlib.ExitStack() as stack:
-        server = None
+        server, kept = None, False
         if url is None:
-            database = stack.enter_context(_run_database(settings))
-            server = start_prefect_server(settings, database=database)
+            server, kept = _start_run_server(settings, stack)
             stack.callback(server.stop)
             url = server.api_url
         _warn_if_cluster_cannot_report(settings, url)
+        ui_url = stack_prefect_ui() if kept else None
         stack.enter_context(_environ("PREFECT_API_URL", url))
+        if ui_url:
+            stack.enter_context(_environ("PREFECT_UI_URL", ui_url))
         if while_booting is not None:
             while_booting()
         if server is not None:
             server.wait_healthy(timeout)
             log.info("a Prefect server for this run: %s", url)
-        stack.enter_context(_prefect_settings(url))
+        stack.enter_context(_prefect_settings(url, ui_url))
+        if kept:
+            since = datetime.now(UTC).isoformat()
+            stack.callback(_point_at_history, settings, url, since)
         if server is not None:
             stack.callback(_drain_prefect_clients)  # first thing at exit (LIFO)
         yield url
+
+
+def _point_at_history(settings: Settings, api_url: str, since: str) -> None:
+    """Logs where the run's flow runs can be seen once its own server has stopped."""
+    import httpx
+
+    query = {
+        "flow_runs": {"start_time": {"after_": since}, "parent_task_run_id": {"is_null_": True}},
+        "sort": "START_TIME_ASC",
+        "limit": 20,
+    }
+    try:
+        response = httpx.post(
+            f"{api_url}/flow_runs/filter", json=query, timeout=30, trust_env=False
+        )
+        runs = response.json() if response.status_code == 200 else []
+    except httpx.HTTPError:
+        runs = []
+    ui = stack_prefect_ui()
+    links = [f"{ui}/runs/flow-run/{run['id']}" for run in runs]
+    log.info(
+        "this run's Prefect server stops now; its history stays in %s. To see it: "
+        "`sae up`, then open %s",
+        history_database(settings),
+        " ".join(links) or f"{ui}/runs",
+    )
 
 
 def _warn_if_cluster_cannot_report(settings: Settings, url: str) -> None:
@@ -559,12 +633,15 @@ def _drain_prefect_clients(timeout: float = 5.0) -> None:
             log.debug("draining %s: %s", worker.__name__, exc)
 
 
-def _prefect_settings(url: str) -> contextlib.AbstractContextManager:
+def _prefect_settings(url: str, ui_url: str | None) -> contextlib.AbstractContextManager:
     # Prefect reads the environment once, at import: a variable set later does not reach
     # this process's flows without an explicit override.
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-    return temporary_settings(updates={PREFECT_API_URL: url})
+    updates = {PREFECT_API_URL: url}
+    if ui_url:
+        updates[PREFECT_UI_URL] = ui_url
+    return temporary_settings(updates=updates)
 
 
 # --- the persistent stack ------------------------------------------------------------------

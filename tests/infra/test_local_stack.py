@@ -291,7 +291,7 @@ def test_prefect_for_run_starts_stops_and_is_used(settings):
     assert "PREFECT_API_URL" not in os.environ
     assert not _port_open(port)
     assert not _group_members(pid)
-    assert (settings.home / "prefect" / "run.db").exists()  # the next run skips migrations
+    assert ls.history_database(settings).exists()  # the next run skips migrations
 
 
 def test_unreachable_configured_servers_fail_fast(monkeypatch):
@@ -345,11 +345,3 @@ def test_a_taken_port_is_refused_before_starting(settings):
         port = taken.getsockname()[1]
         with pytest.raises(ls.StackError, match=f"port {port} on 127.0.0.1 is in use"):
             ls.start_prefect_server(settings, port=port)
-
-
-def test_concurrent_runs_do_not_share_the_prefect_database(settings):
-    with ls._run_database(settings) as first, ls._run_database(settings) as second:
-        assert first == settings.home / "prefect" / "run.db"
-        assert second != first and second.parent == first.parent
-        second.write_bytes(b"")
-    assert not second.exists()
