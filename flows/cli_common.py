@@ -30,18 +30,16 @@ def setup_logging(own_handler: bool = True) -> None:
 
 def quiet_prefect_console() -> None:
     """Without --debug, Prefect's console shows a failed task or flow run as its one-line
-    message, not its traceback (the run's log on the Prefect server keeps it). Call once
-    Prefect is imported: importing it configures its logging."""
+    message, not its traceback (the run's log on the Prefect server keeps it)."""
+    from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    if debug():
-        return
+    ensure_logging_setup()  # else Prefect would add its console handler later, unwrapped
     for handler in logging.getLogger().handlers:
         formatter = handler.formatter
         if isinstance(handler, PrefectConsoleHandler) and formatter is not None:
-            handler.setFormatter(
-                formatter if isinstance(formatter, _NoTraceback) else _NoTraceback(formatter)
-            )
+            inner = formatter.inner if isinstance(formatter, _NoTraceback) else formatter
+            handler.setFormatter(inner if debug() else _NoTraceback(inner))
 
 
 class _NoTraceback(logging.Formatter):

@@ -251,3 +251,31 @@ def test_s3_down_for_a_few_seconds_is_retried_without_partial_objects(monkeypatc
     finally:
         for s in restarted:
             s.stop()
+
+
+@pytest.mark.parametrize("debug", ["0", "1"])
+def test_prefect_console_shows_a_failed_run_without_its_traceback_unless_debugging(
+    monkeypatch, debug
+):
+    import logging
+
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from flows.cli_common import quiet_prefect_console
+
+    monkeypatch.setenv("SAE_DEBUG", debug)
+    ensure_logging_setup()
+    (console,) = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    monkeypatch.setattr(console, "formatter", console.formatter)  # restored afterwards
+    quiet_prefect_console()
+    try:
+        raise RuntimeError("the task's error")
+    except RuntimeError:
+        record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed: %s",
+                                   ("RuntimeError",), sys.exc_info())  # fmt: skip
+    record.task_run_name = "ensure-corpus-0"
+    shown = console.format(record)
+    assert "failed: RuntimeError" in shown
+    assert ("Traceback" in shown) == (debug == "1")
+    assert record.exc_info is not None  # still there for the API handler and log files
