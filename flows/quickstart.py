@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     command = sweep_argv(sample)
     print("$ " + " ".join(command), flush=True)
-    sae = Path(sys.executable).with_name("sae")
-    os.execv(sae, [str(sae), *command[1:]])
+    # `sae` itself, run by this interpreter: no need for the venv's bin/ on PATH.
+    os.execv(sys.executable, [sys.executable, "-m", "flows.cli", *command[1:]])
 
 
 if __name__ == "__main__":
