@@ -95,6 +95,7 @@ def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
     snap_id = runs[0].data.tags["data_snapshot"]
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.data.tags["run_kind"] == "sweep" and parent.info.status == "FINISHED"
+    assert len(parent.data.tags["git_commit"]) >= 40  # provenance; not in the sweep id
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
