@@ -21,12 +21,11 @@ WEIGHT_SOURCES = (
     "tasks/embed/snapshot.py",
     # Reads the snapshot's vectors out of the embeddings (deduplication, order).
     "tasks/embed/manifest.py",
-    # torch, numpy and triton versions change the numbers.
-    "requirements.lock",
 )
 # Benchmarks live in the library but never run in training.
 _NOT_WEIGHT_SOURCES = ("sae/bench",)
-# What an install without the lock (a wheel) pins instead, the numeric stack.
+# The numeric stack's installed versions change the numbers; the rest of the lock (a UI
+# test's browser driver, a server) does not, so the lock file itself is not hashed.
 _NUMERIC_DISTS = ("torch", "numpy", "triton", "safetensors")
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -39,14 +38,11 @@ def code_version(root: Path = _ROOT) -> str:
     of mixing checkpoints of two codebases. Needs no git (installed copies, Ray workers).
     """
     digest = hashlib.sha256()
-    lock_found = False
     for rel, data in _weight_files(root):
-        lock_found |= rel == "requirements.lock"
         digest.update(f"{rel}\0{len(data)}\0".encode())
         digest.update(data)
-    if not lock_found:
-        for dist in _NUMERIC_DISTS:
-            digest.update(f"{dist}=={_dist_version(dist)}\n".encode())
+    for dist in _NUMERIC_DISTS:
+        digest.update(f"{dist}=={_dist_version(dist)}\n".encode())
     return "c" + digest.hexdigest()[:12]
 
 

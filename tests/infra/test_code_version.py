@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Besides the weight sources, files a commit often touches that must not retrain.
 OTHERS = (
     "README.md",
+    "requirements.lock",
     "flows/cli.py",
     "flows/sweep.py",
     "tasks/sweep/track.py",
@@ -59,6 +60,7 @@ def test_the_version_is_the_contents_not_the_place(tree):
         "flows/sweep.py",
         "tasks/sweep/track.py",
         "sae/bench/grid.py",
+        "requirements.lock",
     ],
 )
 def test_docs_tests_flows_cli_and_benchmarks_do_not_change_it(tree, path):
@@ -74,11 +76,19 @@ def test_docs_tests_flows_cli_and_benchmarks_do_not_change_it(tree, path):
         "tasks/sweep/train.py",
         "tasks/embed/snapshot.py",
         "tasks/embed/manifest.py",
-        "requirements.lock",
     ],
 )
 def test_what_decides_the_weights_changes_it(tree, path):
     assert code_version(tree((path, "\n# an edit\n"))) != code_version(tree())
+
+
+def test_another_torch_changes_it(tree, monkeypatch):
+    import infra.code_version as cv
+
+    before = code_version(tree())
+    real = cv._dist_version
+    monkeypatch.setattr(cv, "_dist_version", lambda d: "9.9" if d == "torch" else real(d))
+    assert code_version(tree()) != before
 
 
 def test_git_commit_is_recorded_when_there_is_a_checkout(tree):
