@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     embed_shard_size: int = Field(
         default=1024, gt=0, description="Papers per embedding shard (one Ray task each)."
     )
+    embed_backend: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
+        description="CPU inference of the local embedders: auto picks ONNX Runtime on CPUs "
+        "without native bf16, torch elsewhere (see tasks.embed.local.choose_backend).",
+    )
     embed_gpus: float = Field(
         default=1.0, gt=0, le=8, description="GPU share of one embedding shard task on a GPU."
     )

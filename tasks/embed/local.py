@@ -52,6 +52,7 @@ from tasks.embed.embedders import (
 log = logging.getLogger("tasks.embed.local")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "onnx")
 CPU_BATCH = 8
 CUDA_BATCH = 256
 
@@ -128,6 +129,36 @@ def choose_precision(requested: str, device: Any) -> tuple[str, str]:
     if requested == "bf16" and not feature:
         log.warning("bf16 asked for on a CPU without avx512_bf16/AMX: expect it to be slow")
     return requested, f"CPU: {requested} asked for"
+
+
+def choose_backend(requested: str, device: Any, precision: str) -> tuple[str, str]:
+    """The backend to run on and why: "auto" picks by measurement, others are checked.
+
+    The rule, from ``python -m tasks.embed.bench --repeats 5`` (medians, interleaved runs):
+    FIGURES. Hence ONNX Runtime (fp32, fused BERT kernels) on CPUs without native bf16; torch
+    with bf16 autocast where the CPU has avx512_bf16 or AMX (2.8x the plain encode there, see
+    the module docstring); torch on CUDA (fp16 autocast).
+    """
+    if requested not in BACKENDS:
+        raise EmbedderError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
+    if requested == "onnx":
+        if device.type != "cpu":
+            raise EmbedderError("backend onnx runs on CPU; on CUDA use torch")
+        if precision != "fp32":
+            raise EmbedderError(f"backend onnx runs fp32, not {precision}")
+        return "onnx", "onnx asked for"
+    if requested == "torch":
+        return "torch", "torch asked for"
+    if device.type == "cpu" and precision == "fp32":
+        return "onnx", "CPU without native bf16: ONNX Runtime"
+    return "torch", f"{device.type} {precision}: torch"
+
+
+def default_cache_dir() -> Path:
+    """Derived files rebuilt when missing (the ONNX export): ``$SAE_HOME/cache``."""
+    from infra.settings import get_settings
+
+    return get_settings().home / "cache"
 
 
 def autocast(precision: str, device: Any) -> contextlib.AbstractContextManager[Any]:
@@ -236,38 +267,60 @@ class MeanPoolEmbedder(_LocalEmbedder):
         precision: str = "auto",
         threads: int | None = None,
         max_tokens: int | None = None,
+        backend: str = "auto",
+        cache_dir: str | Path | None = None,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise EmbedderError(f"{path} is not a model folder (no config.json)")
         _check_mean_pool_layout(path)
         self.name = storage_name(name) if name else f"hf-{slug(path.name)}"
+        # ONNX Runtime runs fp32 only: forcing it settles an "auto" precision.
+        if backend == "onnx" and precision == "auto":
+            precision = "fp32"
         self.runtime = _TorchRuntime(device, precision, threads)
+        self.backend, backend_reason = choose_backend(backend, self.runtime.device, self.precision)
+        config = AutoConfig.from_pretrained(path)
+        if self.backend == "onnx":
+            from tasks.embed.onnx_backend import unsupported_reason
+
+            why = unsupported_reason(config)
+            if why and backend == "onnx":
+                raise EmbedderError(f"{self.name}: backend onnx cannot run {path}: {why}")
+            if why:
+                self.backend, backend_reason = "torch", f"no ONNX graph for it ({why}): torch"
         self.batch_size = batch_size or (
             CUDA_BATCH if self.runtime.device.type == "cuda" else CPU_BATCH
         )
         if self.batch_size < 1:
             raise EmbedderError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        try:
-            model = AutoModel.from_pretrained(path, attn_implementation="sdpa")
-        except (ValueError, ImportError):  # an architecture without SDPA support
-            model = AutoModel.from_pretrained(path)
-        self.model = model.eval().to(self.runtime.device)
-        self.dim = int(self.model.config.hidden_size)
+        if self.backend == "onnx":
+            from tasks.embed.onnx_backend import OnnxEncoder
+
+            self.onnx = OnnxEncoder(path, Path(cache_dir or default_cache_dir()), self.threads)
+        else:
+            try:
+                model = AutoModel.from_pretrained(path, attn_implementation="sdpa")
+            except (ValueError, ImportError):  # an architecture without SDPA support
+                model = AutoModel.from_pretrained(path)
+            self.model = model.eval().to(self.runtime.device)
+        self.dim = int(config.hidden_size)
         st_config = _read_json(path / "sentence_bert_config.json") or {}
         self.max_tokens = int(
             max_tokens
             or st_config.get("max_seq_length")
-            or min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
+            or min(self.tokenizer.model_max_length, config.max_position_embeddings)
         )
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         log.info(
-            "%s: %s, precision %s (%s), %d threads, batch %d, max %d tokens",
+            "%s: %s on %s (%s), precision %s (%s), %d threads, batch %d, max %d tokens",
             self.name,
+            self.backend,
             self.runtime.device,
+            backend_reason,
             self.precision,
             self.runtime.precision_reason,
             self.threads,
@@ -305,10 +358,12 @@ class MeanPoolEmbedder(_LocalEmbedder):
         ids_BL = np.full((len(batch_ids), width), self.pad_id, dtype=np.int64)
         for row, seq in enumerate(batch_ids):
             ids_BL[row, : len(seq)] = seq
+        mask_BL = np.arange(width)[None, :] < np.array(lengths)[:, None]
+        if self.backend == "onnx":
+            return self.onnx(ids_BL, mask_BL.astype(np.int64))
         device = self.runtime.device
         input_ids = torch.from_numpy(ids_BL).to(device, non_blocking=True)
-        mask_BL = torch.from_numpy(np.arange(width)[None, :] < np.array(lengths)[:, None])
-        mask_BL = mask_BL.to(device, non_blocking=True)
+        mask_BL = torch.from_numpy(mask_BL).to(device, non_blocking=True)
         out = self.model(input_ids=input_ids, attention_mask=mask_BL.long())
         hidden_BLD = out.last_hidden_state.float()
         weights_BL1 = mask_BL.unsqueeze(-1).float()

@@ -121,7 +121,7 @@ def adopt_orphans(ns: Namespace, manifest: pl.DataFrame, run_id: str) -> pl.Data
 
 
 # Worker side. One embedder per worker process, loaded on its first shard.
-_EMBEDDERS: dict[tuple[str, str], object] = {}
+_EMBEDDERS: dict[tuple[str, str, str], object] = {}
 
 
 def embed_shard(
@@ -132,15 +132,23 @@ def embed_shard(
     spec: str,
     device: str,
     shard: Shard,
+    backend: str = "auto",
+    cache_dir: str | None = None,
 ) -> dict:
-    """Embeds one shard and writes its part; returns a small summary, never vectors."""
+    """Embeds one shard and writes its part; returns a small summary, never vectors.
+
+    ``backend`` (``SAE_EMBED_BACKEND``) applies to the bundled MiniLM; the ONNX model it may
+    need is exported once per machine into ``cache_dir`` (the driver's ``$SAE_HOME/cache``).
+    """
     from tasks.embed.embedders import make_embedder
 
-    options = {}
+    options: dict = {}
     if device == "cpu" and not spec.startswith("openai:"):
         # Ray sets OMP_NUM_THREADS=1 in tasks; the shard owns the CPUs it asked for.
         options["threads"] = _assigned_cpus()
-    key = (spec, device)
+    if spec.strip().lower() == "minilm":
+        options |= {"backend": backend, "cache_dir": cache_dir}
+    key = (spec, device, backend)
     if key not in _EMBEDDERS:
         _EMBEDDERS[key] = make_embedder(spec, device=device, **options)
     embedder = _EMBEDDERS[key]
@@ -151,7 +159,13 @@ def embed_shard(
     seconds = time.perf_counter() - start
     ns = Namespace(Store(store_root, storage_options), namespace, get_domain(domain_name))
     ns.write_part(shard.name, shard.ids, shard.shas, vectors)
-    return {"part": shard.name, "n": len(shard.ids), "dim": embedder.dim, "seconds": seconds}
+    return {
+        "part": shard.name,
+        "n": len(shard.ids),
+        "dim": embedder.dim,
+        "seconds": seconds,
+        "backend": getattr(embedder, "backend", None),
+    }
 
 
 def _assigned_cpus() -> int | None:
@@ -242,7 +256,15 @@ def embed_domain(
         t_submit = time.perf_counter()
         refs = {
             task.remote(
-                store.root, store.storage_options, domain.name, name, spec, device, shard
+                store.root,
+                store.storage_options,
+                domain.name,
+                name,
+                spec,
+                device,
+                shard,
+                settings.embed_backend,
+                str(settings.home / "cache"),
             ): shard
             for shard in shards
         }
@@ -262,7 +284,13 @@ def embed_domain(
             )
             ns.write_manifest(manifest)
             embedded += result["n"]
-            log.info("%s: %d papers in %.1f s", shard.name, result["n"], result["seconds"])
+            log.info(
+                "%s: %d papers in %.1f s (%s)",
+                shard.name,
+                result["n"],
+                result["seconds"],
+                result["backend"] or spec,
+            )
             if on_progress:
                 on_progress(embedded, pending.height)
         embed_seconds = time.perf_counter() - t_submit
