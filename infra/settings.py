@@ -60,9 +60,9 @@ class Settings(BaseSettings):
     embed_shard_size: int = Field(
         default=1024, gt=0, description="Papers per embedding shard (one Ray task each)."
     )
-    embed_backend: Literal["auto", "torch", "onnx"] = Field(
+    embed_backend: Literal["auto", "torch", "openvino"] = Field(
         default="auto",
-        description="CPU inference of the local embedders: auto picks ONNX Runtime on CPUs "
+        description="CPU inference of the local embedders: auto picks OpenVINO on CPUs "
         "without native bf16, torch elsewhere (see tasks.embed.local.choose_backend).",
     )
     embed_gpus: float = Field(

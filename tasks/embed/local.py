@@ -9,7 +9,8 @@ from. What it does, and why (2 AMD EPYC cores with avx512_bf16, 1,000 sample abs
 - bf16 autocast on CPUs with native bf16 (avx512_bf16 or AMX): the matmuls run in bf16,
   LayerNorm, softmax and the residual stream stay fp32. ~2.5-3x the fp32 forward, min cosine
   ~0.99997 to fp32 on real abstracts. Without native bf16 the bf16 matmuls are emulated
-  (not measured here; expected slower than fp32), so "auto" runs fp32 there and logs why.
+  (not measured here; expected slower than fp32), so "auto" runs fp32 there, on OpenVINO
+  (:func:`choose_backend`: ~1.3-1.4x the plain encode per CPU-second), and logs why.
 - SDPA attention (``attn_implementation="sdpa"``): eager attention was ~1.3-1.8x slower.
 - Texts sorted by token length (+6% over unsorted; padding falls to <1% of tokens) and run
   8 to a batch (0-10% over 16, ~15% over 32, ~35% over 64: activations stay in cache).
@@ -52,7 +53,7 @@ from tasks.embed.embedders import (
 log = logging.getLogger("tasks.embed.local")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "openvino")
 CPU_BATCH = 8
 CUDA_BATCH = 256
 
@@ -134,23 +135,38 @@ def choose_precision(requested: str, device: Any) -> tuple[str, str]:
 def choose_backend(requested: str, device: Any, precision: str) -> tuple[str, str]:
     """The backend to run on and why: "auto" picks by measurement, others are checked.
 
-    The rule, from ``python -m tasks.embed.bench --repeats 5`` (medians, interleaved runs):
-    FIGURES. Hence ONNX Runtime (fp32, fused BERT kernels) on CPUs without native bf16; torch
-    with bf16 autocast where the CPU has avx512_bf16 or AMX (2.8x the plain encode there, see
-    the module docstring); torch on CUDA (fp16 autocast).
+    The rule, measured on a 2-core AMD EPYC with AVX2 and no avx512_bf16 (the machine shared
+    with other jobs, so throughput counted per CPU-second of the process, medians of 3-5
+    interleaved runs over 32 sample abstracts of ~236 tokens), abstracts per CPU-second:
+
+    ============================  =========  =========  ==========
+    path                          1 thread   2 threads  min cosine
+    ============================  =========  =========  ==========
+    plain ``encode`` (fp32)       7.0-7.6    5.8        1
+    torch fp32 (this module)      8.2-8.3    4.6        1.0000000
+    ONNX Runtime, fused BERT ops  8.2        6.3        1.0000000
+    OpenVINO fp32                 9.3-9.5    8.1        1.0000000
+    ONNX Runtime dynamic int8     11.6-12.5  -          0.992-0.994
+    ============================  =========  =========  ==========
+
+    Hence OpenVINO (fp32) on CPUs without native bf16: the fastest at full accuracy, ~1.3-1.4x
+    the plain encode, not the 2x of bf16 (every fp32 path runs the same AVX2 FMA GEMMs, which
+    are most of the work; int8, the only thing faster, fails cosine 0.999). Torch with bf16
+    autocast where the CPU has avx512_bf16 or AMX (2.8x the plain encode there, see the module
+    docstring; OpenVINO not measured on such a CPU); torch on CUDA (fp16 autocast).
     """
     if requested not in BACKENDS:
         raise EmbedderError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
-    if requested == "onnx":
+    if requested == "openvino":
         if device.type != "cpu":
-            raise EmbedderError("backend onnx runs on CPU; on CUDA use torch")
+            raise EmbedderError("backend openvino runs on CPU; on CUDA use torch")
         if precision != "fp32":
-            raise EmbedderError(f"backend onnx runs fp32, not {precision}")
-        return "onnx", "onnx asked for"
+            raise EmbedderError(f"backend openvino runs fp32, not {precision}")
+        return "openvino", "openvino asked for"
     if requested == "torch":
         return "torch", "torch asked for"
     if device.type == "cpu" and precision == "fp32":
-        return "onnx", "CPU without native bf16: ONNX Runtime"
+        return "openvino", "CPU without native bf16: OpenVINO"
     return "torch", f"{device.type} {precision}: torch"
 
 
@@ -277,18 +293,18 @@ class MeanPoolEmbedder(_LocalEmbedder):
             raise EmbedderError(f"{path} is not a model folder (no config.json)")
         _check_mean_pool_layout(path)
         self.name = storage_name(name) if name else f"hf-{slug(path.name)}"
-        # ONNX Runtime runs fp32 only: forcing it settles an "auto" precision.
-        if backend == "onnx" and precision == "auto":
+        # OpenVINO runs fp32 here: forcing it settles an "auto" precision.
+        if backend == "openvino" and precision == "auto":
             precision = "fp32"
         self.runtime = _TorchRuntime(device, precision, threads)
         self.backend, backend_reason = choose_backend(backend, self.runtime.device, self.precision)
         config = AutoConfig.from_pretrained(path)
-        if self.backend == "onnx":
-            from tasks.embed.onnx_backend import unsupported_reason
+        if self.backend == "openvino":
+            from tasks.embed.openvino_backend import unsupported_reason
 
             why = unsupported_reason(config)
-            if why and backend == "onnx":
-                raise EmbedderError(f"{self.name}: backend onnx cannot run {path}: {why}")
+            if why and backend == "openvino":
+                raise EmbedderError(f"{self.name}: backend openvino cannot run {path}: {why}")
             if why:
                 self.backend, backend_reason = "torch", f"no ONNX graph for it ({why}): torch"
         self.batch_size = batch_size or (
@@ -297,10 +313,11 @@ class MeanPoolEmbedder(_LocalEmbedder):
         if self.batch_size < 1:
             raise EmbedderError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.backend == "onnx":
-            from tasks.embed.onnx_backend import OnnxEncoder
+        if self.backend == "openvino":
+            from tasks.embed.openvino_backend import OpenVinoEncoder
 
-            self.onnx = OnnxEncoder(path, Path(cache_dir or default_cache_dir()), self.threads)
+            cache = Path(cache_dir or default_cache_dir())
+            self.encoder = OpenVinoEncoder(path, cache, self.threads)
         else:
             try:
                 model = AutoModel.from_pretrained(path, attn_implementation="sdpa")
@@ -359,8 +376,8 @@ class MeanPoolEmbedder(_LocalEmbedder):
         for row, seq in enumerate(batch_ids):
             ids_BL[row, : len(seq)] = seq
         mask_BL = np.arange(width)[None, :] < np.array(lengths)[:, None]
-        if self.backend == "onnx":
-            return self.onnx(ids_BL, mask_BL.astype(np.int64))
+        if self.backend == "openvino":
+            return self.encoder(ids_BL, mask_BL.astype(np.int64))
         device = self.runtime.device
         input_ids = torch.from_numpy(ids_BL).to(device, non_blocking=True)
         mask_BL = torch.from_numpy(mask_BL).to(device, non_blocking=True)

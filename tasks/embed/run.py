@@ -137,7 +137,7 @@ def embed_shard(
 ) -> dict:
     """Embeds one shard and writes its part; returns a small summary, never vectors.
 
-    ``backend`` (``SAE_EMBED_BACKEND``) applies to the bundled MiniLM; the ONNX model it may
+    ``backend`` (``SAE_EMBED_BACKEND``) applies to the bundled MiniLM; the ONNX file it may
     need is exported once per machine into ``cache_dir`` (the driver's ``$SAE_HOME/cache``).
     """
     from tasks.embed.embedders import make_embedder

@@ -1,14 +1,13 @@
-"""The bundled MiniLM on ONNX Runtime: a CPU path that needs no native bf16.
+"""The bundled MiniLM on OpenVINO: a CPU path that needs no native bf16.
 
 The encoder, mean pooling and L2 norm are written out below as plain tensor ops (the BERT
 layout: embeddings, then per layer self-attention and a GELU feed-forward, each closed by a
-residual LayerNorm), exported once with ``torch.onnx.export`` and fused by ONNX Runtime's
-transformer optimizer into its BERT kernels (EmbedLayerNormalization, Attention,
-SkipLayerNormalization, BiasGelu). Writing the graph out, rather than exporting the Hugging
-Face module, is what makes the fusion match: the attention-mask code of recent transformers
-versions exports to a graph the optimizer does not recognise, which ran no faster than torch.
+residual LayerNorm), exported once to ONNX with ``torch.onnx.export`` and compiled by
+OpenVINO at load, in fp32. Writing the graph out, rather than exporting the Hugging Face
+module, keeps the export independent of the attention-mask code of each transformers
+version (which the exporter traces with warnings and runtimes' fusions do not recognise).
 
-The fused model is cached under ``cache_dir/onnx/`` in a folder named by a hash of the
+The ONNX file is cached under ``cache_dir/onnx/`` in a folder named by a hash of the
 model's files and the exporter's versions, written to a temporary name and renamed into
 place, so concurrent workers on one machine export at most once each and never read half a
 file. Figures and the rule that picks this backend: :func:`tasks.embed.local.choose_backend`.
@@ -30,7 +29,7 @@ import numpy as np
 
 from tasks.embed.embedders import EmbedderError
 
-log = logging.getLogger("tasks.embed.onnx_backend")
+log = logging.getLogger("tasks.embed.openvino_backend")
 
 #: Part of the cache key: bump when the graph written below changes.
 GRAPH_VERSION = 1
@@ -61,13 +60,13 @@ def cache_key(model_path: Path) -> str:
             with path.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
-    versions = {p: importlib.metadata.version(p) for p in ("torch", "onnxruntime", "onnx")}
+    versions = {p: importlib.metadata.version(p) for p in ("torch", "onnx")}
     digest.update(json.dumps([GRAPH_VERSION, _OPSET, versions], sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
 def cached_model(model_path: Path, cache_dir: Path) -> Path:
-    """The fused ONNX file of the model at ``model_path``: from the cache, or exported into it."""
+    """The ONNX file of the model at ``model_path``: from the cache, or exported into it."""
     folder = cache_dir / "onnx" / cache_key(model_path)
     target = folder / "model.onnx"
     if target.is_file():
@@ -86,36 +85,24 @@ def cached_model(model_path: Path, cache_dir: Path) -> Path:
 
 def _export(model_path: Path, dest: Path) -> None:
     import torch
-    from onnxruntime.transformers.optimizer import optimize_model
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
     graph = _pooled_graph(model)
     ids_BL = torch.tensor([[101, 2000, 2001, 102], [101, 2000, 102, 0]])
     mask_BL = (ids_BL != 0).long()
-    raw = dest.with_suffix(".raw.onnx")
     axes = {"input_ids": {0: "b", 1: "l"}, "attention_mask": {0: "b", 1: "l"}}
     with torch.inference_mode():
         torch.onnx.export(
             graph,
             (ids_BL, mask_BL),
-            str(raw),
+            str(dest),
             dynamo=False,  # the dynamo exporter took ~8x longer and its graph failed to load
             input_names=["input_ids", "attention_mask"],
             output_names=["embedding"],
             dynamic_axes=axes | {"embedding": {0: "b"}},
             opset_version=_OPSET,
         )
-    config = model.config
-    fused = optimize_model(
-        str(raw),
-        model_type="bert",
-        num_heads=config.num_attention_heads,
-        hidden_size=config.hidden_size,
-        opt_level=0,  # fusions only; the session applies the hardware-specific ones at load
-    )
-    fused.save_model_to_file(str(dest))
-    raw.unlink()
 
 
 def _mean_pooled_bert_forward(model: Any, ids_BL: Any, mask_BL: Any) -> Any:
@@ -131,7 +118,7 @@ def _mean_pooled_bert_forward(model: Any, ids_BL: Any, mask_BL: Any) -> Any:
         + emb.token_type_embeddings(torch.zeros_like(ids_BL))
     )
     maskf_BL = mask_BL.to(x_BLD.dtype)
-    # The additive mask in the form the optimizer's attention fusion matches.
+    # The additive mask of the original BERT code: runtimes' attention fusions know it.
     bias_B11L = (1.0 - maskf_BL[:, None, None, :]) * -10000.0
     H = config.num_attention_heads
     Dh = config.hidden_size // H
@@ -167,25 +154,26 @@ def _pooled_graph(model: Any) -> Any:
     return MeanPooledBert()
 
 
-class OnnxEncoder:
-    """An ONNX Runtime session over the cached model: padded ids and mask in, unit vectors out."""
+class OpenVinoEncoder:
+    """The cached model compiled by OpenVINO: padded ids and mask in, unit vectors out."""
 
     def __init__(self, model_path: Path, cache_dir: Path, threads: int) -> None:
-        import onnxruntime as ort
+        import openvino
 
         self.path = cached_model(model_path, cache_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            # Otherwise OpenVINO runs bf16 where the CPU has it: the vectors would change.
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise EmbedderError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
+            compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
+        except RuntimeError as exc:
+            raise EmbedderError(f"OpenVINO cannot compile {self.path}: {exc}") from exc
+        self.request = compiled.create_infer_request()
 
     def __call__(self, ids_BL: np.ndarray, mask_BL: np.ndarray) -> np.ndarray:
         """shape: [B, D] float32, unit rows."""
-        (out_BD,) = self.session.run(None, {"input_ids": ids_BL, "attention_mask": mask_BL})
-        return out_BD
+        out = self.request.infer({"input_ids": ids_BL, "attention_mask": mask_BL})
+        return np.array(out[0], dtype=np.float32)  # a copy: the request reuses its buffer
