@@ -1,13 +1,15 @@
-"""Embedding throughput: the default embedder vs a plain ``SentenceTransformer.encode``.
+"""Embedding throughput: the default embedder's backends vs a plain ``SentenceTransformer.encode``.
 
     python -m tasks.embed.bench [--n 1000] [--data PATH] [--repeats 1] [--device auto]
                                 [--precision auto] [--batch-size N]
 
-Both embed the texts ``paper_text(title, abstract)`` of the first ``--n`` records of
+All embed the texts ``paper_text(title, abstract)`` of the first ``--n`` records of
 ``cs_lg.jsonl.gz`` with the bundled all-MiniLM-L6-v2, on the same cores (the plain encode
 runs with the thread count ours uses, its defaults otherwise: batch 32, the folder's
-max_seq_length). After a warm-up of each, runs alternate plain/ours ``--repeats`` times and
-the medians are printed, with the min cosine between the two embeddings of each text.
+max_seq_length). On CPU both backends run (torch at ``--precision``, OpenVINO in fp32);
+on CUDA only torch. After a warm-up of each, runs alternate plain/torch/openvino ``--repeats``
+times and the medians are printed, with each backend's min cosine to the plain encode, the
+backend "auto" picks here, and the CPU's model and the flags that decide it.
 
 ``--data`` is the sample folder (or the .jsonl.gz itself); default ``$SAE_ARXIV_DATA``, else
 ``<repo>/../shared/data/arxiv``. On CUDA the plain encode runs on the GPU too.
@@ -21,6 +23,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,20 +34,39 @@ from tasks.embed.embedders import paper_text
 SAMPLE_FILE = "cs_lg.jsonl.gz"
 
 
+#: The CPU flags that decide how fast each backend runs (/proc/cpuinfo names).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
 @dataclass(frozen=True)
 class BenchResult:
     n: int
-    ours_per_s: float
-    plain_per_s: float
-    min_cosine: float
-    precision: str
+    per_s: dict[str, float]  # plain, and each backend run
+    min_cosine: dict[str, float]  # each backend's, to the plain encode
+    backend: str  # what "auto" picks here
+    precision: str  # of the torch backend
     threads: int
     device: str
     max_tokens: int
+    cpu: str
+    cpu_flags: str
 
     @property
     def speedup(self) -> float:
-        return self.ours_per_s / self.plain_per_s
+        return self.per_s[self.backend] / self.per_s["plain_st"]
+
+
+def cpu_description() -> tuple[str, str]:
+    """The CPU's model name and which of :data:`CPU_FLAGS` it has ("-" where unknown)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return "-", "-"
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in info.splitlines())
+    )
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name", "-"), " ".join(f for f in CPU_FLAGS if f in flags) or "-"
 
 
 def default_data_path() -> Path:
@@ -80,63 +102,83 @@ def run_bench(
     precision: str = "auto",
     batch_size: int | None = None,
 ) -> BenchResult:
-    """Time ours and the plain encode on ``texts``; medians over ``repeats`` alternating runs."""
+    """Time the plain encode and each backend on ``texts``; medians over ``repeats`` rounds."""
     import torch
     from sentence_transformers import SentenceTransformer
 
     from tasks.embed.embedders import make_embedder
     from tasks.embed.local import MeanPoolEmbedder, bundled_minilm_path
 
-    ours = make_embedder("minilm", device=device, precision=precision, batch_size=batch_size)
-    assert isinstance(ours, MeanPoolEmbedder)
-    plain = SentenceTransformer(str(bundled_minilm_path()), device=ours.device)
-    if ours.device == "cpu":
-        torch.set_num_threads(ours.threads)  # the same cores for both
+    def ours(backend: str) -> MeanPoolEmbedder:
+        e = make_embedder(
+            "minilm", device=device, precision=precision, batch_size=batch_size, backend=backend
+        )
+        assert isinstance(e, MeanPoolEmbedder)
+        return e
 
-    def run_plain() -> np.ndarray:
-        return plain.encode(texts, normalize_embeddings=True)
+    auto = ours("auto")
+    backends = {"torch": auto if auto.backend == "torch" else ours("torch")}
+    if backends["torch"].device == "cpu":
+        backends["openvino"] = auto if auto.backend == "openvino" else ours("openvino")
+    torch_path = backends["torch"]
+    plain = SentenceTransformer(str(bundled_minilm_path()), device=torch_path.device)
+    if torch_path.device == "cpu":
+        torch.set_num_threads(torch_path.threads)  # the same cores for all
 
-    def run_ours() -> np.ndarray:
-        return ours.embed(texts)
-
-    warm = texts[: ours.batch_size]
-    plain.encode(warm, normalize_embeddings=True)
-    ours.embed(warm)
-    times: dict[str, list[float]] = {"plain": [], "ours": []}
+    runs: dict[str, Callable[[list[str]], np.ndarray]] = {
+        "plain_st": lambda t: plain.encode(t, normalize_embeddings=True)
+    }
+    runs |= {name: e.embed for name, e in backends.items()}
+    for fn in runs.values():
+        fn(texts[: torch_path.batch_size])
+    times: dict[str, list[float]] = {name: [] for name in runs}
     out: dict[str, np.ndarray] = {}
     for _ in range(repeats):
-        for label, fn in (("plain", run_plain), ("ours", run_ours)):
+        for name, fn in runs.items():
             t0 = time.perf_counter()
-            out[label] = np.asarray(fn(), dtype=np.float32)
-            times[label].append(time.perf_counter() - t0)
-    cosines = np.sum(out["ours"] * out["plain"], axis=1)
+            out[name] = np.asarray(fn(texts), dtype=np.float32)
+            times[name].append(time.perf_counter() - t0)
+    cpu, flags = cpu_description()
     return BenchResult(
         n=len(texts),
-        ours_per_s=len(texts) / statistics.median(times["ours"]),
-        plain_per_s=len(texts) / statistics.median(times["plain"]),
-        min_cosine=float(cosines.min()),
-        precision=ours.precision,
-        threads=ours.threads,
-        device=ours.device
-        + (f" ({torch.cuda.get_device_name(ours.device)})" if ours.device != "cpu" else ""),
-        max_tokens=ours.max_tokens,
+        per_s={name: len(texts) / statistics.median(t) for name, t in times.items()},
+        min_cosine={
+            name: float(np.sum(out[name] * out["plain_st"], axis=1).min()) for name in backends
+        },
+        backend=auto.backend,
+        precision=torch_path.precision,
+        threads=torch_path.threads,
+        device=torch_path.device
+        + (
+            f" ({torch.cuda.get_device_name(torch_path.device)})"
+            if torch_path.device != "cpu"
+            else ""
+        ),
+        max_tokens=torch_path.max_tokens,
+        cpu=cpu,
+        cpu_flags=flags,
     )
 
 
 def format_result(r: BenchResult, source: str, repeats: int) -> str:
-    rows = [
-        ("plain_st_abstracts_per_s", f"{r.plain_per_s:.2f}"),
-        ("ours_abstracts_per_s", f"{r.ours_per_s:.2f}"),
-        ("speedup", f"{r.speedup:.2f}"),
-        ("min_cosine", f"{r.min_cosine:.6f}"),
-        ("max_cosine_diff", f"{1.0 - r.min_cosine:.2e}"),
-        ("precision", r.precision),
+    rows = [(f"{name}_abstracts_per_s", f"{v:.2f}") for name, v in r.per_s.items()]
+    for name, cos in r.min_cosine.items():
+        rows += [
+            (f"{name}_speedup", f"{r.per_s[name] / r.per_s['plain_st']:.2f}"),
+            (f"{name}_min_cosine", f"{cos:.6f}"),
+        ]
+    rows += [
+        ("auto_backend", r.backend),
+        ("auto_speedup", f"{r.speedup:.2f}"),
+        ("torch_precision", r.precision),
         ("threads", str(r.threads)),
         ("device", r.device),
+        ("cpu", r.cpu),
+        ("cpu_flags", r.cpu_flags),
     ]
     head = (
-        f"# {r.n} abstracts of {source}, max {r.max_tokens} tokens, "
-        f"median of {repeats} run(s); plain = SentenceTransformer.encode, ours = minilm"
+        f"# {r.n} abstracts of {source}, max {r.max_tokens} tokens, median of {repeats} "
+        "run(s); plain = SentenceTransformer.encode, torch / openvino = minilm's backends"
     )
     width = max(len(k) for k, _ in rows)
     return "\n".join([head, *(f"{k:<{width}}  {v}" for k, v in rows)])
