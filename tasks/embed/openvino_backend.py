@@ -97,7 +97,7 @@ def _export(model_path: Path, dest: Path) -> None:
             graph,
             (ids_BL, mask_BL),
             str(dest),
-            dynamo=False,  # the dynamo exporter took ~8x longer and its graph failed to load
+            dynamo=False,  # dynamo took ~8x longer, and its graph named an output twice
             input_names=["input_ids", "attention_mask"],
             output_names=["embedding"],
             dynamic_axes=axes | {"embedding": {0: "b"}},
