@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         description="CPU inference of the local embedders: auto picks OpenVINO on CPUs "
         "without native bf16, torch elsewhere (see tasks.embed.local.choose_backend).",
     )
+    cache_dir: str = Field(
+        default="",
+        description="Derived files rebuilt when missing (the exported embedding model); "
+        "empty means {home}/cache. On a Ray cluster, a path every node can write.",
+    )
     embed_gpus: float = Field(
         default=1.0, gt=0, le=8, description="GPU share of one embedding shard task on a GPU."
     )
@@ -86,6 +91,10 @@ class Settings(BaseSettings):
         elif "://" not in self.store:
             object.__setattr__(self, "store", str(Path(self.store).expanduser().resolve()))
         return self
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else self.home / "cache"
 
     @property
     def tracking_uri(self) -> str:

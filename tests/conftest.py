@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import tempfile
 
 # Triton runs through its interpreter on machines without a GPU; on a GPU machine
 # the real compiler runs, so `pytest -m gpu` checks the kernels as they ship.
@@ -12,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# One cache for the session: the embedding model is exported once, not once a test.
+os.environ.setdefault("SAE_CACHE_DIR", tempfile.mkdtemp(prefix="sae-cache-"))
 
 from pathlib import Path
 

@@ -171,10 +171,10 @@ def choose_backend(requested: str, device: Any, precision: str) -> tuple[str, st
 
 
 def default_cache_dir() -> Path:
-    """Derived files rebuilt when missing (the ONNX export): ``$SAE_HOME/cache``."""
+    """Derived files rebuilt when missing (the ONNX export): ``SAE_CACHE_DIR``."""
     from infra.settings import get_settings
 
-    return get_settings().home / "cache"
+    return get_settings().cache_root
 
 
 def autocast(precision: str, device: Any) -> contextlib.AbstractContextManager[Any]:

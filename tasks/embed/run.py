@@ -138,7 +138,7 @@ def embed_shard(
     """Embeds one shard and writes its part; returns a small summary, never vectors.
 
     ``backend`` (``SAE_EMBED_BACKEND``) applies to the bundled MiniLM; the ONNX file it may
-    need is exported once per machine into ``cache_dir`` (the driver's ``$SAE_HOME/cache``).
+    need is exported once per machine into ``cache_dir`` (the driver's ``SAE_CACHE_DIR``).
     """
     from tasks.embed.embedders import make_embedder
 
@@ -264,7 +264,7 @@ def embed_domain(
                 device,
                 shard,
                 settings.embed_backend,
-                str(settings.home / "cache"),
+                str(settings.cache_root),
             ): shard
             for shard in shards
         }

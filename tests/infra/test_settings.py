@@ -68,3 +68,11 @@ def test_passwords_in_addresses_are_masked(monkeypatch):
     shown = get_settings().effective()
     assert shown["SAE_MLFLOW_TRACKING_URI"] == "postgresql://u:***@db/mlflow"
     assert "hunter2" not in str(shown)
+
+
+def test_the_cache_defaults_under_home_and_can_move(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_HOME", str(tmp_path / "h"))
+    monkeypatch.delenv("SAE_CACHE_DIR", raising=False)
+    assert get_settings().cache_root == (tmp_path / "h" / "cache").resolve()
+    monkeypatch.setenv("SAE_CACHE_DIR", str(tmp_path / "shared"))
+    assert get_settings().cache_root == tmp_path / "shared"
