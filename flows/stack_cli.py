@@ -92,12 +92,38 @@ def ui(
     ]
     for label, url, hint in rows:
         typer.echo(f"{label:<10}  {mask_url(url) if url else hint}")
+    if rows[0][1]:
+        for name, url in _experiment_links(rows[0][1]).items():
+            typer.echo(f"  {name}  {url}")
     if open_:
         import webbrowser
 
         for _, url, _ in rows:
             if url:
                 webbrowser.open(_without_credentials(url))
+
+
+def _experiment_links(mlflow_ui: str) -> dict[str, str]:
+    """Each domain's experiment in the UI's model-training view. MLflow 3.17's UI opens an
+    experiment as GenAI (traces, evaluations) unless the link or the user's switch says
+    otherwise; it does not read the experiment's kind tag for that."""
+    import httpx
+
+    from infra.tracking import EXPERIMENT_PREFIX
+
+    query = {"filter": f"name LIKE '{EXPERIMENT_PREFIX}%'", "max_results": 1000}
+    try:
+        response = httpx.post(
+            f"{mlflow_ui.rstrip('/')}/api/2.0/mlflow/experiments/search", json=query, timeout=5
+        )
+        experiments = response.json().get("experiments", []) if response.is_success else []
+    except (httpx.HTTPError, ValueError):  # the addresses above matter; links are extra
+        experiments = []
+    base = _without_credentials(mlflow_ui).rstrip("/")
+    return {
+        e["name"]: f"{base}/#/experiments/{e['experiment_id']}?workflowType=machine_learning"
+        for e in sorted(experiments, key=lambda e: e["name"])
+    }
 
 
 def _running(status: dict[str, dict], name: str) -> str | None:
