@@ -66,7 +66,9 @@ def ensure_experiment(client, settings: Settings, domain: str, slug: str, embedd
 def describe_experiment(client, experiment_id: str, domain: str, embedder: str) -> None:
     """Sets the experiment's kind and description (the embedder: the latest run's).
 
-    Without the kind, MLflow 3's UI guesses GenAI and opens on traces and evaluations.
+    The kind says "model training" to whatever reads it (MLflow's API, hosted UIs);
+    MLflow 3.17's own UI picks its view from the link or its switch, so ``sae ui``
+    prints links to the training view.
     """
     tags = {EXPERIMENT_KIND_TAG: TRAINING_KIND, NOTE_TAG: experiment_note(domain, embedder)}
     for key, value in tags.items():
