@@ -15,7 +15,7 @@ def test_an_experiment_is_a_described_training_experiment_and_a_parent_shows_its
     again = ensure_experiment(client, settings, "cs.LG", "cs_lg", "all-MiniLM-L6-v2")
     assert again == first
     tags = client.get_experiment(first).tags
-    # Without this kind MLflow's UI opens the experiment on GenAI traces and evaluations.
+    # MLflow's own value for a model-training (not GenAI) experiment.
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     note = tags["mlflow.note.content"]
     assert "cs.LG" in note and "all-MiniLM-L6-v2" in note and "st-old-model" not in note
