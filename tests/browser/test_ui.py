@@ -1,0 +1,127 @@
+"""The MLflow and Prefect UIs in a real browser, after a small sweep run as a user runs it.
+
+`sae sweep` without `sae up` (its own Prefect server, the sqlite MLflow store), then
+`sae up`, then the pages a user opens: the experiment's runs, a cell's metric charts, the
+sweep's plots, the champion model, and the sweep's flow run with its task runs and
+artifacts in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.local_stack import stack_status
+from infra.settings import Settings
+from tests.browser.browser import browser, chromium, screenshot_dir, server_errors
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+SAE = str(Path(sys.executable).with_name("sae"))
+#: Asked for by MLflow's UI on every page, answered 404 by a server without auth.
+MLFLOW_HARMLESS = ("/ajax-api/2.0/mlflow/users/current",)
+#: Prefect 3.8's UI asks for an icon it has no name for.
+PREFECT_HARMLESS = ("/ico/undefined.svg",)
+#: The UI's switch between its GenAI and model-training views, given with every link.
+TRAINING = "workflowType=machine_learning"
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAE_", "PREFECT_API"))}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return {**env, "SAE_HOME": str(home)}
+
+
+def _sae(home: Path, *args: str, timeout: float) -> str:
+    done = subprocess.run(
+        [SAE, *args], env=_env(home), capture_output=True, text=True, timeout=timeout
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, arxiv_data):
+    """A 1 x 2 sweep run without `sae up`, then `sae up`; the stack's URLs and the run."""
+    chromium()  # skip (or fail in CI) before minutes of training
+    home = tmp_path_factory.mktemp("ui") / "sae_home"
+    sweep = ["sweep", "cs.LG", "--source", str(arxiv_data / "cs_lg.jsonl.gz"), "--limit", "100"]
+    sweep += ["--k", "4,8", "--n", "64", "--epochs", "8", "--batch-size", "8", "--lr", "3e-3"]
+    output = _sae(home, *sweep, timeout=3000)
+    link = re.search(r"`sae up`, then open http://127\.0\.0\.1:\d+/runs/flow-run/(\S{36})", output)
+    assert link, output[-5000:]
+    _sae(home, "up", timeout=900)
+    try:
+        status = stack_status(Settings(home=home))
+        experiment = re.search(r"arxiv-sae/cs\.LG  (\S+)", _sae(home, "ui", timeout=300))
+        assert experiment
+        yield {
+            "home": home,
+            "mlflow": status["mlflow"]["ui"],
+            "prefect": status["prefect"]["ui"],
+            "flow_run": link.group(1),
+            "experiment": experiment.group(1),  # the link `sae ui` prints
+        }
+    finally:
+        _sae(home, "down", timeout=300)
+
+
+def test_mlflow_ui_shows_runs_charts_plots_and_the_champion(swept):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(swept["mlflow"])
+    exp = client.get_experiment_by_name("arxiv-sae/cs.LG")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    parent = next(r for r in runs.values() if r.data.tags["run_kind"] == "sweep")
+    (champion,) = [m for m in client.search_registered_models() if "champion" in m.aliases]
+    base = f"{swept['mlflow']}/#/experiments/{exp.experiment_id}"
+    shots = screenshot_dir("mlflow")
+
+    with browser(shots, MLFLOW_HARMLESS) as ui:
+        ui.open(swept["experiment"]).expect(parent.info.run_name, "TopK sparse autoencoders")
+        assert "/runs" in ui.page.url  # the training view, not GenAI's overview or traces
+        ui.check("1-runs")
+
+        cell = runs["k8-n64"].info.run_id
+        ui.open(f"{base}/runs/{cell}/model-metrics?{TRAINING}")
+        ui.expect("k8-n64 (nmse)", "train_nmse", "k8-n64 (train_nmse)").check("2-cell-metrics")
+
+        ui.open(f"{base}/runs/{parent.info.run_id}?{TRAINING}")
+        ui.expect("Held-out metrics per cell", "sae-cs.LG-k8-n64/1").check("3-sweep-overview")
+
+        ui.open(f"{base}/runs/{parent.info.run_id}/artifacts/plots/nmse_vs_k.png?{TRAINING}")
+        ui.expect("plots/nmse_vs_k.png").wait_for(
+            # The viewer shows the file it fetched as a blob: the plot, 1000+ px wide.
+            "() => [...document.images].some("
+            "i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 1000)"
+        ).check("4-sweep-plot")
+
+        ui.open(f"{swept['mlflow']}/#/models/{champion.name}?{TRAINING}")
+        ui.expect(champion.name, "champion").check("5-champion-model")
+
+    assert not server_errors(swept["home"] / "logs" / "mlflow.log", MLFLOW_HARMLESS)
+
+
+def test_prefect_ui_shows_the_sweep_run_without_sae_up(swept):
+    import httpx
+
+    api = f"{swept['prefect']}/api"
+    query = {"flow_runs": {"parent_task_run_id": {"is_null_": False}}}
+    (packs,) = httpx.post(f"{api}/flow_runs/filter", json=query, trust_env=False).json()
+    shots = screenshot_dir("prefect")
+
+    with browser(shots, PREFECT_HARMLESS) as ui:
+        ui.open(f"{swept['prefect']}/runs/flow-run/{swept['flow_run']}")
+        ui.expect("sweep", "Completed").check("1-sweep-flow-run")
+        ui.click("Task Runs").expect("log-k4-n64", "log-k8-n64").check("2-sweep-task-runs")
+        ui.click("Artifacts").expect("results of sweep").check("3-sweep-artifacts")
+
+        ui.open(f"{swept['prefect']}/runs/flow-run/{packs['id']}")
+        ui.click("Task Runs").expect("train-k").check("4-packs-task-runs")
+        ui.click("Artifacts").expect("cells done / total").check("5-packs-progress")
