@@ -19,7 +19,7 @@ from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.corpus.storage import read_papers, read_watermark, write_watermark
 from tasks.embed.manifest import Namespace
-from tests.environ import environ
+from tests.environ import environ, thread_in_context
 from tests.ray_procs import task_worker_pids
 from tests.tasks.arxiv_server import MALFORMED, ArxivServer, Paper, Reply
 
@@ -317,8 +317,7 @@ def test_two_runs_at_once_the_second_exits_naming_the_first(server):
         except Exception as exc:
             outcome["error"] = exc
 
-    thread = threading.Thread(target=first_run)
-    thread.start()
+    thread = thread_in_context(first_run)
     try:
         # However slow the machine: the first run's request, or its end without one.
         while not server.requested.wait(0.1):
@@ -357,8 +356,7 @@ def test_a_shard_worker_killed_mid_embedding_is_retried_without_duplicates(serve
     asked_before = len(stub.requests)
     stub.gate.clear()
     outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=run()))
-    thread.start()
+    thread = thread_in_context(lambda: outcome.update(result=run()))
     killed = None
     try:
         while killed is None and thread.is_alive():

@@ -13,7 +13,7 @@ from flows.cli import app
 from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
-from tests.environ import environ
+from tests.environ import environ, thread_in_context
 from tests.ray_procs import task_worker_pids
 
 CS = get_domain("cs.LG")
@@ -190,7 +190,6 @@ def parents_embedder(parent) -> str:
 @pytest.mark.timeout(1200)
 def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(sweep_store):
     import signal
-    import threading
     import time
 
     from sae.config import RunInfo, SAEConfig, TrainConfig
@@ -200,8 +199,7 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
 
     params = dict(k=[8], n_latents=[1024], epochs=150, checkpoint_every_s=0)
     outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(r=_sweep(**params)))
-    thread.start()
+    thread = thread_in_context(lambda: outcome.update(r=_sweep(**params)))
     killed = None
     while killed is None and thread.is_alive():
         states = sweep_store.list("sae", "*/csLG_8_1024_32/train_state.pt")
