@@ -113,3 +113,16 @@ def prefect_env(prefect_api, monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", prefect_api)
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         yield prefect_api
+
+
+@pytest.fixture
+def arxiv_stand_in(monkeypatch):
+    """The local arXiv stand-in (tests/tasks/arxiv_server.py) that harvests go to, with a
+    near-zero interval between requests."""
+    from tests.tasks.arxiv_server import ArxivServer
+
+    with ArxivServer() as running:
+        monkeypatch.setenv("SAE_HARVEST_API_URL", running.api_url)
+        monkeypatch.setenv("SAE_HARVEST_OAI_URL", running.oai_url)
+        monkeypatch.setenv("SAE_HARVEST_MIN_INTERVAL_S", "0.02")
+        yield running

@@ -10,7 +10,7 @@ from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.corpus.storage import read_papers, read_watermark
-from tests.tasks.arxiv_server import ArxivServer, Paper, Reply, oai_raw_record
+from tests.tasks.arxiv_server import Paper, Reply, oai_raw_record
 
 runner = CliRunner()
 CS = get_domain("cs.LG")
@@ -27,12 +27,8 @@ def paper(i: int, day: int) -> Paper:
 
 
 @pytest.fixture
-def server(monkeypatch):
-    with ArxivServer() as running:
-        monkeypatch.setenv("SAE_HARVEST_API_URL", running.api_url)
-        monkeypatch.setenv("SAE_HARVEST_OAI_URL", running.oai_url)
-        monkeypatch.setenv("SAE_HARVEST_MIN_INTERVAL_S", "0.02")
-        yield running
+def server(arxiv_stand_in):
+    return arxiv_stand_in
 
 
 def store():

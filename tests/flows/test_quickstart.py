@@ -15,7 +15,7 @@ from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.corpus.storage import read_papers, read_watermark
-from tests.tasks.arxiv_server import ArxivServer, Paper, unused_url
+from tests.tasks.arxiv_server import Paper, unused_url
 
 REPO = Path(__file__).resolve().parents[2]
 CS = get_domain("cs.LG")
@@ -31,12 +31,8 @@ def recent_paper(i: int) -> Paper:
 
 
 @pytest.fixture
-def server(monkeypatch):
-    with ArxivServer() as running:
-        monkeypatch.setenv("SAE_HARVEST_API_URL", running.api_url)
-        monkeypatch.setenv("SAE_HARVEST_OAI_URL", running.oai_url)
-        monkeypatch.setenv("SAE_HARVEST_MIN_INTERVAL_S", "0.02")
-        yield running
+def server(arxiv_stand_in):
+    return arxiv_stand_in
 
 
 def store() -> Store:

@@ -3,8 +3,6 @@ the OpenAI-compatible client against a local stub server."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import socket
 import traceback
 
@@ -22,6 +20,7 @@ from tasks.embed.embedders import (
     paper_text,
 )
 from tasks.embed.openai_api import OpenAIEmbedder
+from tests.samples import first_paper_texts
 from tests.tasks.embed_stub_server import StubEmbeddingsServer
 
 KEY = "sk-test-5ecret-k3y-do-not-show"
@@ -29,15 +28,7 @@ KEY = "sk-test-5ecret-k3y-do-not-show"
 
 @pytest.fixture(scope="module")
 def sample_texts(arxiv_data) -> list[str]:
-    """``paper_text`` of 8 real sample records."""
-    texts = []
-    with gzip.open(arxiv_data / "cs_lg.jsonl.gz", "rt") as f:
-        for line in f:
-            record = json.loads(line)
-            texts.append(paper_text(record["title"], record["abstract"]))
-            if len(texts) == 8:
-                return texts
-    raise AssertionError("sample too short")
+    return first_paper_texts(arxiv_data, 8)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ One export (tens of seconds on 2 cores) is shared by the module through ``cache`
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,22 +14,15 @@ import pytest
 import torch
 
 from tasks.embed import local, openvino_backend, run
-from tasks.embed.embedders import EmbedderError, make_embedder, paper_text
+from tasks.embed.embedders import EmbedderError, make_embedder
+from tests.samples import first_paper_texts
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def abstracts(arxiv_data) -> list[str]:
-    """``paper_text`` of 40 real records, from the shared sample read in place."""
-    texts = []
-    with gzip.open(arxiv_data / "cs_lg.jsonl.gz", "rt") as f:
-        for line in f:
-            record = json.loads(line)
-            texts.append(paper_text(record["title"], record["abstract"]))
-            if len(texts) == 40:
-                return texts
-    raise AssertionError("sample too short")
+    return first_paper_texts(arxiv_data, 40)
 
 
 @pytest.fixture(scope="module")
