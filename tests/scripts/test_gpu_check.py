@@ -41,7 +41,7 @@ def test_a_failing_section_is_reported_and_fails_the_check(tmp_path):
     # `pytest -m gpu` on a path with no tests exits 4/5: the section must say so
     proc = subprocess.run(
         [sys.executable, "scripts/gpu_check.py", "--dry-run", "--out", str(tmp_path),
-         "--skip", "parity,kernels,step,profile,grid", "--pytest-path", "tests/no_such_dir"],
+         "--skip", "parity,kernels,tune,step,profile,grid", "--pytest-path", "tests/no_such_dir"],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stdout
