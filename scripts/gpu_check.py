@@ -42,7 +42,7 @@ import torch
 from sae.bench import grid, kernels, step
 from sae.bench.timing import device_name, median_seconds, sync
 from sae.config import SAEConfig
-from sae.kernels import reset_backend, torch_ops
+from sae.kernels import forced_backend, torch_ops
 from sae.model import TopKSAE
 
 # Toy sizes for --dry-run; full sizes where the issue asks for them.
@@ -198,23 +198,14 @@ def _step_grad_parity(device: torch.device, sizes: dict) -> dict:
     cfg = SAEConfig(d_in=d, n_latents=n, k=k)
     x = torch.randn(B, d, device=device, generator=torch.Generator(device).manual_seed(3))
     grads = {}
-    saved = os.environ.get("SAE_KERNELS")
-    try:
-        for name in ("triton", "torch"):
-            os.environ["SAE_KERNELS"] = name
-            reset_backend()
+    for name in ("triton", "torch"):
+        with forced_backend(name):
             model = TopKSAE(cfg, generator=torch.Generator().manual_seed(0)).to(device)
             with torch.no_grad():
                 model.samples_since_fired[: n // 10] = cfg.dead_threshold_samples + 1
             out = model(x)
             out.loss.backward()
-            grads[name] = {p: t.grad for p, t in model.named_parameters()} | {"loss": out.loss}
-    finally:
-        if saved is None:
-            os.environ.pop("SAE_KERNELS", None)
-        else:
-            os.environ["SAE_KERNELS"] = saved
-        reset_backend()
+        grads[name] = {p: t.grad for p, t in model.named_parameters()} | {"loss": out.loss}
     errs = {p: _rel(grads["triton"][p], grads["torch"][p]) for p in grads["torch"]}
     return {"rel_err": errs, "max_rel_err": max(errs.values())}
 

@@ -15,13 +15,13 @@ Defaults: d=384, batch 1024 on CPU; d=1536, batch 4096 on CUDA.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 
 import torch
 
 from sae.bench.timing import device_name, median_seconds
 from sae.config import SAEConfig
-from sae.kernels import reset_backend
+from sae.kernels import forced_backend
 from sae.losses import fvu
 from sae.model import TopKSAE
 from sae.optim import constrained_step
@@ -54,15 +54,6 @@ def _train_step(model, opt, x, dense: bool, compute_dtype):
     return step
 
 
-def _kernels(name: str | None) -> None:
-    """Force the sparse ops' backend (None: the default choice)."""
-    if name is None:
-        os.environ.pop("SAE_KERNELS", None)
-    else:
-        os.environ["SAE_KERNELS"] = name
-    reset_backend()
-
-
 def run(
     d: int,
     n: int,
@@ -89,19 +80,15 @@ def run(
     variants = [("sparse", TopKSAE, False, None), ("dense", DenseTopKSAE, True, None)]
     if device.type == "cuda":
         variants.insert(1, ("sparse_torch", TopKSAE, False, "torch"))
-    saved = os.environ.get("SAE_KERNELS")
     results = {}
-    try:
-        for label, cls, dense, kernels in variants:
-            _kernels(kernels if kernels else saved)
-            model = cls(cfg, generator=torch.Generator().manual_seed(0)).to(device)
-            with torch.no_grad():  # the first `dead` share of latents has never fired
-                model.samples_since_fired[: int(dead * n)] = cfg.dead_threshold_samples + 1
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-            step = _train_step(model, opt, x, dense, cd)
+    for label, cls, dense, kernels in variants:
+        model = cls(cfg, generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.no_grad():  # the first `dead` share of latents has never fired
+            model.samples_since_fired[: int(dead * n)] = cfg.dead_threshold_samples + 1
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+        step = _train_step(model, opt, x, dense, cd)
+        with forced_backend(kernels) if kernels else contextlib.nullcontext():
             results[label] = median_seconds(step, steps, device=device)
-    finally:
-        _kernels(saved)
     W = torch.randn(n, d, device=device, generator=g)
     b = torch.zeros(n, device=device)
     if cd is None:

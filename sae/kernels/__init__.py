@@ -16,7 +16,10 @@ importable, CUDA present, ``SAE_KERNELS`` not ``torch``); everything else uses t
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -46,3 +49,22 @@ def ops_for(t: torch.Tensor) -> ModuleType:
 def reset_backend() -> None:
     """Forget the cached choice (after changing ``SAE_KERNELS``)."""
     _triton_ops.cache_clear()
+
+
+@contextlib.contextmanager
+def forced_backend(name: str | None) -> Iterator[None]:
+    """``SAE_KERNELS=name`` for the block (None: the default choice), then as it was."""
+    saved = os.environ.get("SAE_KERNELS")
+    _set_kernels(name)
+    try:
+        yield
+    finally:
+        _set_kernels(saved)
+
+
+def _set_kernels(name: str | None) -> None:
+    if name is None:
+        os.environ.pop("SAE_KERNELS", None)
+    else:
+        os.environ["SAE_KERNELS"] = name
+    reset_backend()
