@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sae.synthetic import sparse_dictionary_data
+from sae.data import sparse_dictionary_data
 
 
 @pytest.fixture(autouse=True)

@@ -10,22 +10,45 @@ Contracts (B samples, k selected latents, n latents, d dimension; outputs float3
         out[i] = sum over (b,j) with idx[b,j] == i of w[b,j] * rows[b]
                                                                dW_dec, dW_enc, db_lat
 
-Triton runs for CUDA tensors when ``sae.backend.choose_backend()`` says so (Triton
-importable, CUDA present, ``SAE_KERNELS`` not ``torch``); everything else uses torch.
+Triton runs for CUDA tensors when :func:`choose_backend` says so: Triton imports, a
+CUDA device is present and ``SAE_KERNELS`` is ``auto`` (the default) or ``triton``;
+``SAE_KERNELS=torch`` forces the torch fallback, which runs everything else too. The
+variable is read when asked, never on import.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 from collections.abc import Iterator
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
-from sae.backend import choose_backend
 from sae.kernels import torch_ops
+
+
+class Backend(NamedTuple):
+    name: str
+    """'triton' or 'torch'."""
+    reason: str
+
+
+def choose_backend() -> Backend:
+    """Which implementation runs the sparse ops on CUDA tensors, and why (``SAE_KERNELS``)."""
+    wanted = os.environ.get("SAE_KERNELS", "auto").strip().lower()
+    if wanted not in ("auto", "torch", "triton"):
+        raise ValueError(f"SAE_KERNELS must be auto, torch or triton, got {wanted!r}")
+    if wanted == "torch":
+        return Backend("torch", "forced by SAE_KERNELS=torch")
+    if importlib.util.find_spec("triton") is None:
+        return Backend("torch", "triton is not installed")
+    if not torch.cuda.is_available():
+        return Backend("torch", "no CUDA device")
+    return Backend("triton", "CUDA device and triton present")
 
 
 @functools.cache

@@ -141,8 +141,7 @@ def _gather_dense(z, idx):
 
 
 def test_dispatch_uses_torch_for_cpu_tensors_and_honours_sae_kernels(monkeypatch):
-    from sae.backend import choose_backend
-    from sae.kernels import ops_for, reset_backend
+    from sae.kernels import choose_backend, ops_for, reset_backend
 
     assert ops_for(torch.zeros(1)) is torch_ops
     monkeypatch.setenv("SAE_KERNELS", "torch")
