@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sae.losses import fvu
-
 
 @dataclass(frozen=True)
 class EvalMetrics:
@@ -96,4 +94,4 @@ def evaluate(
     )
 
 
-__all__ = ["EvalMetrics", "evaluate", "fvu"]
+__all__ = ["EvalMetrics", "evaluate"]

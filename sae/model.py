@@ -5,6 +5,7 @@
     x_hat  = sum_j V_j * W_dec[I_j] + b_pre           [B, d]
 
 W_dec is stored one latent per contiguous row ([n, d]) and kept at unit row norm.
+``b_pre`` starts at a median of the data (:func:`data_median`); the loss is :func:`fvu`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import torch
 from torch import nn
 
 from sae.config import SAEConfig
-from sae.losses import fvu
 from sae.sparse import selected_encode, sparse_decode
 
 
@@ -36,6 +36,19 @@ class SAEOutput(NamedTuple):
     """NMSE of the top-4k reconstruction (0 unless Multi-TopK is on)."""
     loss: torch.Tensor
     """nmse + aux_coef * auxk_loss (+ multi_topk_nmse / 8)."""
+
+
+def fvu(x_hat_BD: torch.Tensor, x_BD: torch.Tensor) -> torch.Tensor:
+    """Fraction of variance unexplained: the centred NMSE of SAE_RECIPE.md.
+
+    sum((x_hat - x)^2) / sum((mean_over_batch(x) - x)^2). Centred on purpose: dividing
+    by mean(x^2) gives other numbers for unit-norm embeddings. NaN when the batch has
+    no variance (callers decide what that means).
+    """
+    x = x_BD.float()
+    err = (x_hat_BD.float() - x).pow(2).sum()
+    total = (x - x.mean(dim=0, keepdim=True)).pow(2).sum()
+    return err / total
 
 
 def affine(x_BD, W_ND, b_N, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -217,3 +230,30 @@ class TopKSAE(nn.Module):
         from sae.checkpoint import load_released
 
         return load_released(path, k=k)
+
+
+# ----------------------------------------------------------- initialisation
+def geometric_median(x_ND: torch.Tensor, iters: int = 20, eps: float = 1e-8) -> torch.Tensor:
+    """Weiszfeld iterations for argmin_m sum_i ||x_i - m||; [d].
+
+    Starts from the coordinate-wise mean; each step is a reweighted mean with
+    weights 1 / ||x_i - m||, clamped so a point on the median does not divide by 0.
+    """
+    x = x_ND.double()
+    m = x.mean(dim=0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(eps)
+        m_new = (w[:, None] * x).sum(dim=0) / w.sum()
+        if (m_new - m).norm() <= eps * (1.0 + m.norm()):
+            m = m_new
+            break
+        m = m_new
+    return m.to(x_ND.dtype)
+
+
+def data_median(x_ND: torch.Tensor, iters: int) -> torch.Tensor:
+    """The pre-bias ``b_pre`` from data: the geometric median for iters > 0, else the
+    coordinate-wise median (the paper's code)."""
+    if iters > 0:
+        return geometric_median(x_ND, iters=iters)
+    return x_ND.median(dim=0).values

@@ -22,10 +22,9 @@ import torch
 from sae.bench.timing import device_name, median_seconds
 from sae.config import SAEConfig
 from sae.kernels import forced_backend
-from sae.losses import fvu
-from sae.model import TopKSAE
-from sae.optim import constrained_step
+from sae.model import TopKSAE, fvu
 from sae.perf import keep_freed_memory
+from sae.trainer import constrained_step
 
 
 class DenseTopKSAE(TopKSAE):
