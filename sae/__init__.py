@@ -9,7 +9,7 @@ notebook without Prefect, Ray or MLflow.
 from sae.checkpoint import CheckpointError, load_released, load_sae, save_sae
 from sae.config import ConfigError, RunInfo, SAEConfig, TrainConfig, cell_name
 from sae.data import DataError
-from sae.metrics import EvalMetrics, evaluate
+from sae.metrics import EvalMetrics, Evaluation, evaluate
 from sae.model import SAEOutput, TopKSAE
 from sae.trainer import CellResult, PackTrainer
 
@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EvalMetrics",
+    "Evaluation",
     "PackTrainer",
     "RunInfo",
     "SAEConfig",

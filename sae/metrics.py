@@ -1,5 +1,8 @@
 """Held-out metrics, named as they appear in MLflow and the results tables.
 
+:func:`evaluate` gives back the scalar :class:`EvalMetrics` and the per-latent
+densities they summarise (an :class:`Evaluation`).
+
 log_feature_density: density_i = fraction of eval samples whose top-k holds latent i;
 the metric is the mean of log10(density_i) over latents that fired at least once.
 Latents that never fired on the eval split are left out of that mean (log10(0) is
@@ -11,7 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -35,21 +40,37 @@ class EvalMetrics:
         return asdict(self)
 
 
+class Evaluation(NamedTuple):
+    """What :func:`evaluate` gives back."""
+
+    metrics: EvalMetrics
+    density: np.ndarray
+    """[n] float64: the share of samples whose top-k holds latent i (latents picked
+    with a value the ReLU zeroed count too, so the entries sum to k)."""
+
+
 @torch.no_grad()
 def evaluate(
     model,
-    x_ND: torch.Tensor,
+    x_ND: torch.Tensor | np.ndarray,
     batch_size: int = 4096,
     dead_mask_N: torch.Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
-) -> EvalMetrics:
-    """Metrics of ``model`` on ``x_ND`` (rows are moved to the model's device per batch).
+) -> Evaluation:
+    """Metrics and per-latent densities of ``model`` on ``x_ND`` [N, d_in] (a tensor or
+    numpy array; rows are moved to the model's device per batch).
 
     Sums are accumulated on the device in float64 and read back once at the end.
     """
-    N = x_ND.shape[0]
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    x_ND = torch.as_tensor(x_ND)
+    N = x_ND.shape[0] if x_ND.ndim else 0
     if N == 0:
-        raise ValueError("cannot evaluate on an empty split")
+        raise ValueError(
+            f"cannot evaluate on an empty split: need a non-empty [N, d_in] input, "
+            f"got shape {tuple(x_ND.shape)}"
+        )
     device = model.b_pre.device
     n = model.n_latents
     dead = model.dead_mask() if dead_mask_N is None else dead_mask_N
@@ -83,7 +104,7 @@ def evaluate(
     n_alive = int(alive.sum().item())
     log_fd = density[alive].log10().mean().item() if n_alive else -math.inf
     n_nonzero = int(nonzero.item())
-    return EvalMetrics(
+    metrics = EvalMetrics(
         nmse=nmse,
         log_feature_density=log_fd,
         act_mean=(act_sum / max(n_nonzero, 1)).item(),
@@ -92,6 +113,7 @@ def evaluate(
         auxk_loss=(aux_sum / max(aux_batches, 1)).item(),
         n_samples=N,
     )
+    return Evaluation(metrics, density.cpu().numpy())
 
 
-__all__ = ["EvalMetrics", "evaluate"]
+__all__ = ["EvalMetrics", "Evaluation", "evaluate"]

@@ -133,8 +133,9 @@ def density_histograms(
     """Overlaid step histograms of log10(feature density) of the live latents per cell.
 
     ``densities`` maps a cell label to per-latent densities (fractions in [0, 1], as
-    from :func:`feature_densities`); zeros are dead latents, counted in the legend
-    label instead of the histogram. NaN entries are ignored. Returns ``path``.
+    in :class:`sae.metrics.Evaluation` and a cell's feature_density.npy); zeros are dead
+    latents, counted in the legend label instead of the histogram. NaN entries are
+    ignored. Returns ``path``.
     """
     if not densities:
         raise ValueError("density_histograms: no cells to plot (empty mapping)")
@@ -205,34 +206,4 @@ def training_curves(
     return _save(fig, path)
 
 
-# ----------------------------------------------------------------- densities
-def feature_densities(model, x, batch_size: int = 4096) -> np.ndarray:
-    """Per-latent density over the rows of ``x``: the share of rows whose top-k holds it.
-
-    The same definition as ``sae.metrics.evaluate`` (its ``log_feature_density`` is
-    the mean log10 of the positive entries): a latent counts when it is among a
-    row's k selected indices, even if the ReLU zeroed its value. So the densities
-    always sum to k. ``x`` is a tensor or array ``[rows, d_in]``; each batch moves to
-    the model's device. Returns a float64 array ``[n_latents]``.
-    """
-    import torch
-
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    x = torch.as_tensor(x)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(
-            f"feature_densities: need a non-empty [rows, d_in] input, got {tuple(x.shape)}"
-        )
-    device = model.b_pre.device
-    n = model.n_latents
-    counts = torch.zeros(n, dtype=torch.long, device=device)
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            batch = x[start : start + batch_size].to(device=device, dtype=torch.float32)
-            _, indices = model.encode(batch)
-            counts += torch.bincount(indices.reshape(-1), minlength=n)
-    return counts.double().div_(x.shape[0]).cpu().numpy()
-
-
-__all__ = ["density_histograms", "feature_densities", "pareto_plot", "training_curves"]
+__all__ = ["density_histograms", "pareto_plot", "training_curves"]

@@ -1,4 +1,4 @@
-"""The sweep plots write readable PNGs; feature densities match a row-by-row reference."""
+"""The sweep plots write readable PNGs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae.config import SAEConfig
-from sae.metrics import evaluate
-from sae.model import TopKSAE
-from tasks.sweep.plots import density_histograms, feature_densities, pareto_plot, training_curves
+from tasks.sweep.plots import density_histograms, pareto_plot, training_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -111,67 +108,3 @@ def test_training_curves_edge_cases(tmp_path):
         training_curves({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="empty"):
         training_curves({"a": []}, tmp_path / "x.png")
-
-
-# ---------------------------------------------------------- feature_densities
-def reference_densities(model: TopKSAE, x: torch.Tensor) -> np.ndarray:
-    """One row at a time: topk of W_enc (x - b_pre) + b_lat, counted by index."""
-    counts = np.zeros(model.n_latents)
-    with torch.no_grad():
-        for row in x:
-            z_pre = model.W_enc @ (row - model.b_pre) + model.b_lat
-            counts[z_pre.topk(model.k).indices.numpy()] += 1
-    return counts / x.shape[0]
-
-
-@pytest.fixture
-def small_sae():
-    g = torch.Generator().manual_seed(0)
-    model = TopKSAE(SAEConfig(d_in=16, n_latents=64, k=4), generator=g)
-    with torch.no_grad():
-        model.b_lat.copy_(0.1 * torch.randn(64, generator=g))
-        model.b_pre.copy_(0.1 * torch.randn(16, generator=g))
-    return model, torch.randn(300, 16, generator=g)
-
-
-def test_feature_densities_match_reference(small_sae):
-    model, x = small_sae
-    got = feature_densities(model, x, batch_size=64)  # batches of 64 with a ragged last one
-    assert got.shape == (64,) and got.dtype == np.float64
-    np.testing.assert_allclose(got, reference_densities(model, x), rtol=0, atol=1e-12)
-    # Every row contributes its k selected indices (counted even if the ReLU zeroed one).
-    assert got.sum() == pytest.approx(model.k)
-    assert ((got >= 0) & (got <= 1)).all()
-    # Batch size does not matter, and numpy input works too.
-    np.testing.assert_array_equal(feature_densities(model, x.numpy(), batch_size=7), got)
-
-
-def test_feature_densities_agree_with_eval_metrics(small_sae):
-    model, x = small_sae
-    d = feature_densities(model, x)
-    m = evaluate(model, x)
-    live = d[d > 0]
-    assert m.log_feature_density == pytest.approx(np.log10(live).mean(), abs=1e-12)
-    assert m.dead_fraction == pytest.approx(1 - live.size / d.size)
-
-
-def test_feature_densities_relu_zeroed_picks_still_count():
-    """With all pre-activations negative the ReLU zeroes every value; indices still count."""
-    model = TopKSAE(SAEConfig(d_in=16, n_latents=64, k=4), generator=torch.Generator())
-    with torch.no_grad():
-        model.b_lat.fill_(-100.0)
-    x = torch.randn(20, 16)
-    values, _ = model.encode(x)
-    assert (values == 0).all()
-    d = feature_densities(model, x)
-    assert d.sum() == pytest.approx(4.0)
-
-
-def test_feature_densities_rejects_bad_input(small_sae):
-    model, _ = small_sae
-    with pytest.raises(ValueError, match="non-empty"):
-        feature_densities(model, torch.zeros(0, 16))
-    with pytest.raises(ValueError, match="d_in"):
-        feature_densities(model, torch.zeros(3, 8))
-    with pytest.raises(ValueError, match="batch_size"):
-        feature_densities(model, torch.zeros(3, 16), batch_size=0)
