@@ -13,7 +13,7 @@ Its ceiling is log10(k / n), reached when every latent fires equally often.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -38,6 +38,10 @@ class EvalMetrics:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+METRIC_NAMES: tuple[str, ...] = tuple(f.name for f in fields(EvalMetrics) if f.name != "n_samples")
+"""The metrics' names in :class:`EvalMetrics`' order (``n_samples`` is a count, not one)."""
 
 
 class Evaluation(NamedTuple):
@@ -116,4 +120,4 @@ def evaluate(
     return Evaluation(metrics, density.cpu().numpy())
 
 
-__all__ = ["EvalMetrics", "Evaluation", "evaluate"]
+__all__ = ["METRIC_NAMES", "EvalMetrics", "Evaluation", "evaluate"]

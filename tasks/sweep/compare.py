@@ -14,11 +14,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from infra.tracking import EXPERIMENT_PREFIX, experiment_name
+from sae.metrics import METRIC_NAMES
 from tasks.corpus.domains import canonical_name
 
-DEFAULT_METRICS = ("nmse", "log_feature_density", "act_mean", "dead_fraction")
+# nmse, log_feature_density, act_mean, dead_fraction: EvalMetrics lists these four first;
+# ``metrics=METRIC_NAMES`` adds the rest.
+DEFAULT_METRICS = METRIC_NAMES[:4]
 
-# header, format of a value (the same as `sae train`'s results table)
+# header, format of a value (the same as `sae train`'s results table), for each metric
 _METRIC_COLUMNS = {
     "nmse": ("nmse", "{:.4f}"),
     "log_feature_density": ("log FD", "{:.3f}"),

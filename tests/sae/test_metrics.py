@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sae import SAEConfig, TopKSAE, evaluate
+from sae.metrics import METRIC_NAMES, EvalMetrics
 
 
 def test_metrics_match_plain_formulas(make_data):
@@ -49,6 +50,18 @@ def test_a_perfect_reconstruction_has_zero_nmse():
     assert m.nmse < 1e-12
     assert m.dead_fraction == 0
     assert math.isclose(m.log_feature_density, math.log10(1 / d))
+
+
+def test_metric_names_are_the_fields_but_the_sample_count():
+    assert METRIC_NAMES == (
+        "nmse",
+        "log_feature_density",
+        "act_mean",
+        "dead_fraction",
+        "l0",
+        "auxk_loss",
+    )
+    assert set(METRIC_NAMES) | {"n_samples"} == set(EvalMetrics.__dataclass_fields__)
 
 
 # ------------------------------------------------------------ per-latent densities

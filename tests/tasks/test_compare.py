@@ -55,7 +55,7 @@ def _cell(client, experiment_id, parent, k, n, metrics, status="FINISHED", champ
         "code_version": parent_tags["code_version"],
     }
     now = int(time.time() * 1000)
-    # Per-step curves (dead_fraction shares its key with the final metric) ...
+    # Per-step curves (named apart from the final metrics) ...
     steps = [
         Metric(key, value, now + step, step)
         for step in (0, 50, 100)
@@ -63,7 +63,7 @@ def _cell(client, experiment_id, parent, k, n, metrics, status="FINISHED", champ
             ("train_loss", 1.0 / (step + 1)),
             ("train_nmse", 0.9 / (step + 1)),
             ("train_auxk_loss", 0.0),
-            ("dead_fraction", 0.99),
+            ("train_dead_fraction", 0.99),
             ("lr", 1e-4),
         )
     ]
@@ -148,11 +148,12 @@ def test_table_for_one_domain(tracking):
         ("ffee00112233", "16", "3072"),
     ]
     assert {r[0] for r in body} == {"cs.LG"}
-    # Final metrics, not the per-step dead_fraction sharing the key; 4 / 3 decimals.
+    # Final metrics, not the per-step train_dead_fraction; 4 / 3 decimals.
     assert body[2][4:] == ["0.1235", "-2.354", "0.0545", "0.013", "FINISHED", "*"]
     assert body[0][4:8] == ["0.2284", "-2.731", "0.1332", "0.000"]
-    # The failed cell logged no held-out metric (its dead_fraction is the per-step one).
+    # The failed cell logged no held-out metric, only per-step ones.
     assert body[3][4:7] == ["-", "-", "-"] and body[3][8] == "FAILED"
+    assert body[3][7] == "-"
     assert body[4][8] == "RUNNING"
     assert [r[9] for r in body] == ["", "", "*", "", ""]
     # Every line has the same width (padded columns).
@@ -184,6 +185,15 @@ def test_other_metrics(tracking):
     rows = _table_rows(runs_table(uri, domains="astro-ph", metrics=("nmse", "l0", "auxk_loss")))
     assert rows[0][4:7] == ["nmse", "L0", "auxk"]
     assert rows[2][4:7] == ["0.0936", "16.00", "0.0100"]
+
+
+def test_the_metric_names_are_evalmetrics_fields():
+    from sae.metrics import METRIC_NAMES
+    from tasks.sweep import compare
+
+    # A header and a format for each held-out metric, and for nothing else.
+    assert set(compare._METRIC_COLUMNS) == set(METRIC_NAMES)
+    assert set(compare.DEFAULT_METRICS) <= set(METRIC_NAMES)
 
 
 def test_cell_rows(tracking):
