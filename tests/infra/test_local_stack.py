@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def _no_leaked_servers():
     before = set(ls._children)
     yield
     leaked = [pid for pid in set(ls._children) - before if _group_members(pid)]
-    ls._stop_groups(leaked, grace=2.0)
+    ls._stop_groups({pid: lambda pid=pid: not _group_members(pid) for pid in leaked}, 2.0)
     assert not leaked, f"servers left running: {leaked}"
 
 
@@ -292,6 +293,51 @@ def test_prefect_for_run_starts_stops_and_is_used(settings):
     assert not _port_open(port)
     assert not _group_members(pid)
     assert ls.history_database(settings).exists()  # the next run skips migrations
+
+
+# Enters prefect_for_run, says the server's pid and URL, then waits to be killed.
+_RUN = """
+import sys
+from infra import local_stack as ls
+from infra.settings import get_settings
+
+with ls.prefect_for_run(get_settings(), timeout=600) as url:
+    (pid,) = ls._children
+    print(pid, url, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_runs_server_dies_with_the_run_even_by_sigkill(settings):
+    """A run killed outright (a laptop closed, the OOM killer) takes its Prefect server
+    along: no server is left holding memory, its port and the history database."""
+    pid = None
+    with subprocess.Popen(
+        [sys.executable, "-c", _RUN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as run:
+        try:
+            said = run.stdout.readline().split()  # the server answers, or the run has ended
+            assert len(said) == 2, f"the run ended ({run.wait()}) before its server served"
+            pid, url = int(said[0]), said[1]
+            port = int(url.split(":")[2].split("/")[0])
+            assert httpx.get(f"{url}/health", trust_env=False).json() is True
+            assert ls._claim_database(ls.history_database(settings)) is None  # held by it
+
+            run.kill()
+            run.wait()
+            # Ends when the server is gone; the limit is a safety net for a loaded machine.
+            deadline = time.monotonic() + 300
+            while _group_members(pid) or _port_open(port):
+                assert time.monotonic() < deadline, f"the run's server ({pid}) outlived it"
+                time.sleep(0.2)
+            assert not _group_members(pid) and not _port_open(port)
+            lock = ls._claim_database(ls.history_database(settings))
+            assert lock is not None  # `sae up` can serve the history now
+            lock.close()
+        finally:
+            run.kill()
+            if pid is not None and _group_members(pid):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def test_unreachable_configured_servers_fail_fast(monkeypatch):
