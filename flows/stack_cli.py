@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated
+import webbrowser
+from typing import Annotated
 
+import httpx
 import typer
 
-if TYPE_CHECKING:
-    from infra.settings import Settings
+from infra.local_stack import StackError, stack_down, stack_status, stack_up
+from infra.settings import Settings, get_settings, mask_url
+from infra.tracking import EXPERIMENT_PREFIX
 
 _S3_NOTE = """\
 # moto accepts any keys, but the AWS clients want some:
@@ -36,9 +39,6 @@ def up(
     Already running and healthy servers are kept. Pid files in {SAE_HOME}/stack, logs in
     {SAE_HOME}/logs. Everything listens on 127.0.0.1 only.
     """
-    from infra.local_stack import StackError, stack_status, stack_up
-    from infra.settings import get_settings, mask_url
-
     settings = get_settings()
     typer.echo("starting the local stack (a first start migrates its databases: ~30 s)")
     try:
@@ -66,9 +66,6 @@ def up(
 
 def down() -> None:
     """Stop the local stack started by `sae up`."""
-    from infra.local_stack import StackError, stack_down
-    from infra.settings import get_settings
-
     try:
         stopped = stack_down(get_settings())
     except StackError as exc:
@@ -81,9 +78,6 @@ def ui(
     open_: Annotated[bool, typer.Option("--open", help="Open them in a browser too.")] = False,
 ) -> None:
     """Print the addresses of the MLflow and Prefect UIs (those a run would use)."""
-    from infra.local_stack import stack_status
-    from infra.settings import get_settings, mask_url
-
     settings = get_settings()
     status = stack_status(settings)
     rows = [
@@ -96,8 +90,6 @@ def ui(
         for name, url in _experiment_links(rows[0][1]).items():
             typer.echo(f"  {name}  {url}")
     if open_:
-        import webbrowser
-
         for _, url, _ in rows:
             if url:
                 webbrowser.open(_without_credentials(url))
@@ -107,10 +99,6 @@ def _experiment_links(mlflow_ui: str) -> dict[str, str]:
     """Each domain's experiment in the UI's model-training view. MLflow 3.17's UI opens an
     experiment as GenAI (traces, evaluations) unless the link or the user's switch says
     otherwise; it does not read the experiment's kind tag for that."""
-    import httpx
-
-    from infra.tracking import EXPERIMENT_PREFIX
-
     query = {"filter": f"name LIKE '{EXPERIMENT_PREFIX}%'", "max_results": 1000}
     try:
         response = httpx.post(
@@ -138,8 +126,6 @@ def _mlflow_ui(settings: Settings, status: dict[str, dict]) -> tuple[str | None,
     running = _running(status, "mlflow")
     if running:
         return running, ""
-    from infra.settings import mask_url
-
     return None, (
         f"not running: `sae up` starts it, or `mlflow ui --backend-store-uri {mask_url(uri)}`"
     )
