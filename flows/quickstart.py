@@ -21,8 +21,6 @@ DEFAULT_ARXIV_DATA = Path("../shared/data/arxiv")
 #: sweep's 2,000 without a second week of requests.
 WINDOW_DAYS = 7
 MAX_PAPERS = 2000
-#: Fewer tries than a scheduled harvest: offline, the user should hear so in seconds.
-RETRIES = 2
 GRID = (
     "--limit", "2000", "--k", "16,32", "--n", "3072,4608",
     "--epochs", "10", "--batch-size", "256", "--lr", "1e-3",
@@ -62,6 +60,7 @@ def prepare(arxiv_data: Path) -> Path | None:
 
 
 def _harvest_unless_done(sample: Path) -> None:
+    from infra.retries import ARXIV_QUICKSTART
     from infra.settings import get_settings
     from infra.store import Store
     from tasks.corpus.domains import get_domain
@@ -86,7 +85,9 @@ def _harvest_unless_done(sample: Path) -> None:
         f"no arXiv sample at {sample}; fetching up to {MAX_PAPERS} {DOMAIN} papers submitted"
         f" {since}..{until} from arXiv (one request every {settings.harvest_min_interval_s:g} s)"
     )
-    config = dataclasses.replace(HarvestConfig.from_settings(settings), max_retries=RETRIES)
+    config = dataclasses.replace(
+        HarvestConfig.from_settings(settings), max_retries=ARXIV_QUICKSTART.retries
+    )
     report = harvest(
         store, domain, since=since, until=until, source="api", config=config, limit=MAX_PAPERS
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from infra.retries import WORKER_RETRIES
+
 log = logging.getLogger(__name__)
 
 #: Variables a worker needs to see the same store, endpoints and offline switches as the
@@ -118,7 +120,7 @@ def cpus_per_node() -> int:
 
 #: Ray restarts a pack whose worker died (killed, out of memory, node lost); the pack
 #: resumes from its cells' last checkpoints.
-PACK_MAX_RETRIES = 2
+PACK_MAX_RETRIES = WORKER_RETRIES
 
 
 def pack_resources(

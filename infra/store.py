@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 import fsspec
 import polars as pl
 
+from infra.retries import STORE
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Waits between attempts at a remote store (15.5 s in all): an S3 endpoint that
-#: restarts or drops connections for a few seconds costs a pause, not a failed run.
-RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: botocore's and s3fs's own retry loops, switched off: the Store's is the only one.
+_S3_NO_RETRIES = {"retries": {"total_max_attempts": 1}}
 
 
 class StoreError(OSError):
@@ -54,12 +55,24 @@ def _explain(exc: Exception) -> str:
 
 
 class Store:
-    def __init__(self, root: str, storage_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        root: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.root = root.rstrip("/")
         self.storage_options = dict(storage_options or {})
         protocol = root.split("://", 1)[0] if "://" in root else "file"
         self.is_local = protocol == "file"
-        self.fs = fsspec.filesystem(protocol, **self.storage_options)
+        self._sleep = sleep
+        options = dict(self.storage_options)
+        if protocol in ("s3", "s3a"):
+            options["config_kwargs"] = {**_S3_NO_RETRIES, **options.get("config_kwargs", {})}
+        self.fs = fsspec.filesystem(protocol, **options)
+        if protocol in ("s3", "s3a"):
+            self.fs.retries = 1  # one try per call of s3fs's own loop
         self._base = root.split("://", 1)[1] if "://" in root else root
         self._base = self._base.rstrip("/")
 
@@ -80,8 +93,9 @@ class Store:
         return StoreError(f"cannot {action} {self.uri(rel)}: {_explain(exc)}")
 
     def _retry(self, action: str, rel: str, fn: Callable[[], T]) -> T:
-        """``fn()``, retried with backoff on a remote store's transient errors."""
-        delays = () if self.is_local else RETRY_DELAYS_S
+        """``fn()``, retried with backoff on a remote store's transient errors (the budget
+        and why it is the only retry of a store call: :mod:`infra.retries`)."""
+        delays = () if self.is_local else STORE.delays()
         for attempt in range(len(delays) + 1):
             try:
                 return fn()
@@ -95,7 +109,7 @@ class Store:
                     type(exc).__name__,
                     delays[attempt],
                 )
-                time.sleep(delays[attempt])
+                self._sleep(delays[attempt])
         raise AssertionError("unreachable")
 
     def exists(self, rel: str) -> bool:
@@ -144,7 +158,8 @@ class Store:
             if self.is_local:
                 _write_local(path, data, os.link)  # link fails if the name exists
             else:
-                self.fs.pipe_file(path, data, mode="create")  # If-None-Match: *
+                # If-None-Match: *, tried once: a retry could meet its own first write.
+                self.fs.pipe_file(path, data, mode="create")
         except FileExistsError:
             return False
         except Exception as exc:

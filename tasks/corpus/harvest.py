@@ -9,7 +9,8 @@ Two routes, both generators of :class:`RawRecord` for validation to judge:
   they are dropped here by their v1 date.
 
 Every request of a harvest goes through one :class:`RateLimiter` (arXiv asks for one
-request every 3 s over one connection) and one retry policy. Failures end in a
+request every 3 s over one connection) and one retry policy, the only retry of a
+request to arXiv (its budget: :mod:`infra.retries`). Failures end in a
 :class:`HarvestError` naming the URL and the problem, never in a hang: every request has a
 timeout and every retry loop a bound.
 """
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from infra.retries import ARXIV, ARXIV_EMPTY_PAGE_RETRIES
 from tasks.corpus.domains import Domain
 from tasks.corpus.feeds import FeedError, OaiPage, parse_atom, parse_oai
 from tasks.corpus.records import RawRecord
@@ -68,17 +70,17 @@ class HarvestConfig:
     """Least time between the starts of two requests (arXiv ToU: one every 3 s)."""
     page_size: int = 200
     """API ``max_results`` per request, at most 2000."""
-    max_retries: int = 5
-    """Further tries of a request after its first failure."""
-    backoff_s: float = 2.0
+    max_retries: int = ARXIV.retries
+    """Further tries of a request after its first failure (budgets: :mod:`infra.retries`)."""
+    backoff_s: float = ARXIV.first_s
     """Wait before retry n (from 0) is ``backoff_s * 2**n``, unless Retry-After says."""
-    max_backoff_s: float = 120.0
+    max_backoff_s: float = ARXIV.max_s
     """Cap on any wait, Retry-After included."""
     timeout_s: float = 60.0
     """Limit on each network operation and on receiving a whole response."""
     oai_format: str = "arXivRaw"
     """OAI ``metadataPrefix``: ``arXivRaw`` (has v1 dates) or ``arXiv`` (has not)."""
-    empty_page_retries: int = 2
+    empty_page_retries: int = ARXIV_EMPTY_PAGE_RETRIES
     """Extra tries of an API page that came back empty before ``totalResults`` was reached."""
     user_agent: str = field(default_factory=_default_user_agent)
     """Sent with every request; add a contact address when harvesting in earnest."""

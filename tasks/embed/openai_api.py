@@ -11,7 +11,8 @@ Works with OpenAI and with servers that speak its embeddings API (vLLM, TEI, Lit
 - Connection errors, timeouts, 408, 429 and 5xx are retried ``max_retries`` times with
   exponential backoff (with jitter), or after the wait the server's ``Retry-After`` /
   ``retry-after-ms`` asks for; both capped at ``max_backoff_s``. 401/403 and other 4xx fail
-  at once with the server's message.
+  at once with the server's message. This is the only retry of a request to the endpoint
+  (its budget: :mod:`infra.retries`).
 - ``dimensions`` is passed through (models that can shorten their vectors); the expected
   ``dim`` comes from the ``dim`` option, ``dimensions``, a table of OpenAI's models, or else
   the first response. Wrong counts, dims, or non-finite values end in EmbedderError.
@@ -30,6 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from infra.retries import EMBEDDINGS_API
 from tasks.embed.embedders import (
     EmbedderError,
     check_texts,
@@ -86,9 +88,9 @@ class OpenAIEmbedder:
         dimensions: int | None = None,
         batch_size: int | None = None,
         max_tokens: int = OPENAI_MAX_TOKENS,
-        max_retries: int = 6,
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 60.0,
+        max_retries: int = EMBEDDINGS_API.retries,
+        backoff_s: float = EMBEDDINGS_API.first_s,
+        max_backoff_s: float = EMBEDDINGS_API.max_s,
         timeout_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from infra.retries import WORKER_RETRIES
 from infra.store import Store
 from tasks.corpus.domains import Domain, get_domain
 from tasks.corpus.storage import corpus_dir, read_papers
@@ -252,7 +253,8 @@ def embed_domain(
         cluster = ensure_ray(settings)
         opts = _resources(cluster, settings.embed_gpus)
         device = "cuda" if opts["num_gpus"] > 0 else "cpu"
-        task = ray.remote(embed_shard).options(max_retries=2, **opts)
+        # A shard whose worker dies runs again; one that raises is reported below.
+        task = ray.remote(embed_shard).options(max_retries=WORKER_RETRIES, **opts)
         t_submit = time.perf_counter()
         refs = {
             task.remote(

@@ -27,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from infra.settings import get_settings
-from infra.store import Store, StoreError
+from infra.store import Store
 from tasks.corpus.domains import Domain, get_domain
 from tasks.reembed.lease import ReembedIncompleteError, check_owner
 
@@ -92,27 +92,9 @@ def harvest_new(
     }
 
 
-def _transient(state) -> bool:
-    from tasks.embed.run import EmbedFailedError
-
-    try:
-        state.result()
-    except (EmbedFailedError, StoreError):
-        return True
-    except Exception:
-        return False
-    return False
-
-
-@task(
-    name="embed-new",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=5,
-    # Failed shards and store hiccups are worth one more try (the rest is recorded);
-    # a bad embedder or configuration is not.
-    retry_condition_fn=lambda task, run, state: _transient(state),
-)
+# No Prefect retries: the store, the embeddings client and Ray have retried what may
+# pass (infra.retries); failed shards are left for the next run, the rest is recorded.
+@task(name="embed-new", cache_policy=NO_CACHE)
 def embed_new(domain: str, embedder: str) -> dict:
     """Embed the corpus papers without a vector for this exact text (one Ray task per shard)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact

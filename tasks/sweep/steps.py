@@ -1,5 +1,9 @@
 """The sweep's Prefect tasks: each one step, each returning references (ids, URIs, small
-dicts), never tensors or frames. The flow in ``flows/sweep.py`` orders them."""
+dicts), never tensors or frames. The flow in ``flows/sweep.py`` orders them.
+
+None has Prefect retries: the store, the embeddings client and Ray already retry what
+may pass (:mod:`infra.retries`), and a rerun resumes a failed sweep where it stopped.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefect import task
-from prefect.tasks import exponential_backoff
 
 from infra.settings import get_settings
 from infra.store import Store
@@ -24,12 +27,7 @@ def _store() -> Store:
     return Store.from_settings(get_settings())
 
 
-@task(
-    name="ensure-corpus",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=lambda task, run, state: _transient(state),
-)
+@task(name="ensure-corpus")
 def ensure_corpus(domain: str, source: str | None) -> dict:
     """Ingest ``source`` (when given) and check the domain has papers."""
     from tasks.corpus.ingest import ingest_source
@@ -48,12 +46,7 @@ def ensure_corpus(domain: str, source: str | None) -> dict:
     return {"papers": papers, **{f"ingest_{k}": v for k, v in counts.items()}}
 
 
-@task(
-    name="ensure-embeddings",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=lambda task, run, state: _transient(state),
-)
+@task(name="ensure-embeddings")
 def ensure_embeddings(domain: str, embedder: str | None, up_to: int | None) -> dict:
     """Embed the papers that have no vector yet (at most until ``up_to`` are embedded)."""
     from tasks.embed.run import embed_domain
@@ -92,16 +85,10 @@ def fix_data_snapshot(
     return snap
 
 
-@task(
-    name="train-pack",
-    task_run_name="{spec.label}",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(3),
-    # Transient store errors are worth a retry; a bad configuration is not.
-    retry_condition_fn=lambda task, run, state: _transient(state),
-)
+@task(name="train-pack", task_run_name="{spec.label}")
 def train_pack_task(spec: PackSpec) -> list[dict]:
-    """One Ray task: train the pack's unfinished cells, resuming from their checkpoints."""
+    """One Ray task: train the pack's unfinished cells, resuming from their checkpoints
+    (Ray runs it again if its worker dies: the ``max_retries`` of ``pack_resources``)."""
     import torch
 
     from tasks.sweep.train import train_pack
@@ -112,7 +99,7 @@ def train_pack_task(spec: PackSpec) -> list[dict]:
     return [r.as_dict() for r in refs]
 
 
-@task(name="log-cell", task_run_name="log-k{k}-n{n_latents}", retries=2, retry_delay_seconds=2)
+@task(name="log-cell", task_run_name="log-k{k}-n{n_latents}")
 def log_cell_task(ctx, parent_id: str, ref: dict, k: int, n_latents: int) -> dict:
     """The cell's child run and registered model version (each created once)."""
     from infra.tracking import mlflow_client
@@ -145,29 +132,6 @@ def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> lis
     if curves:
         paths.append(training_curves(curves, out / "training_nmse.png"))
     return paths
-
-
-def _transient(state) -> bool:
-    """Retry what may pass (a store hiccup, a lost node), not bad input: the same input
-    fails the same way again (an embedder retries its own endpoint's hiccups)."""
-    from sae.config import ConfigError
-    from sae.data import DataError
-    from tasks.corpus.domains import UnknownDomainError
-    from tasks.corpus.readers import SourceError
-    from tasks.embed.embedders import EmbedderError
-    from tasks.embed.run import EmptyCorpusError
-
-    bad_input = (
-        ConfigError, DataError, SweepInputError, SourceError, UnknownDomainError,
-        EmbedderError, EmptyCorpusError,
-    )  # fmt: skip
-    try:
-        state.result()
-    except bad_input:
-        return False
-    except Exception:
-        return True
-    return False
 
 
 def _use_assigned_cpus(torch) -> None:

@@ -67,3 +67,71 @@ def test_s3_bucket_that_does_not_exist_is_named(s3_store_root, s3_endpoint):
 def test_repr_never_shows_storage_options():
     store = Store("s3://b/p", {"key": "AKIASECRET", "secret": "hunter2"})
     assert "SECRET" not in repr(store) and "hunter2" not in repr(store)
+
+
+class _FlakyS3:
+    """An S3 stand-in that answers 503 ``failures`` times, then 200 with ``body``."""
+
+    def __init__(self, failures: int, body: bytes = b"ok"):
+        import http.server
+        import threading
+
+        stub = self
+        self.failures, self.body, self.requests, self.methods = failures, body, 0, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                stub.methods.append(self.command)
+                stub.requests += 1
+                ok = stub.requests > stub.failures
+                payload = stub.body if ok else b""
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            def do_HEAD(self):
+                self.do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def store(self, sleeps: list) -> Store:
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        options = {"client_kwargs": {"endpoint_url": self.endpoint}, "key": "k", "secret": "s"}
+        return Store("s3://flaky/store", options, sleep=sleeps.append)
+
+
+@pytest.fixture
+def flaky_s3():
+    stubs: list[_FlakyS3] = []
+    yield lambda failures: stubs.append(_FlakyS3(failures)) or stubs[-1]
+    for stub in stubs:
+        stub.server.shutdown()
+
+
+def test_s3_hiccup_is_retried_by_the_store_alone(flaky_s3):
+    from infra.retries import STORE
+
+    stub, sleeps = flaky_s3(2), []
+    assert stub.store(sleeps).read_bytes("part-0.bin") == b"ok"
+    # The store waited out both 503s: botocore (five tries by default) did not retry them.
+    assert sleeps == list(STORE.delays()[:2])
+
+
+def test_s3_outage_gives_up_after_the_store_budget_naming_the_uri(flaky_s3):
+    from infra.retries import STORE
+
+    stub, sleeps = flaky_s3(100), []
+    with pytest.raises(StoreError, match=r"s3://flaky/store/part-0\.bin"):
+        stub.store(sleeps).read_bytes("part-0.bin")
+    # One request per try: not botocore's five per call times s3fs's and the store's tries.
+    assert stub.requests == STORE.retries + 1
+    assert sleeps == list(STORE.delays()) and sum(sleeps) == STORE.worst_wait_s
