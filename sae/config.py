@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 # Bump when cfg.json gains a field that old readers cannot ignore.
-CFG_FORMAT_VERSION = 1
+CFG_FORMAT_VERSION = 2  # 2: train.checkpoint_every_s
 
 _CELL_NAME = re.compile(r"^(?P<domain>.+)_(?P<k>\d+)_(?P<n>\d+)_(?P<batch>\d+)$")
 
@@ -71,32 +71,53 @@ class SAEConfig:
         return min(4 * self.k, self.n_latents) if self.multi_topk else self.k
 
 
+def _knob(default: Any, help: str) -> Any:
+    """A training setting with its one default and its one help text: the sweep's
+    parameters, its command-line options and the Prefect form are derived from these."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings shared by every cell of a pack (one pass over each batch)."""
 
-    batch_size: int = 1024
-    lr: float = 1e-4
-    epochs: int = 50
-    warmup_steps: int = 100
-    """Linear learning-rate warm-up from 0."""
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """After warm-up: constant (the paper), or cosine decay to 0 at the last step."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip per cell; 0 disables it."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    seed: int = 0
-    """Seeds the data order and, with (k, n), each cell's initialisation."""
-    compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the encoder matmul; parameters, sums and optimiser stay float32."""
-    eval_fraction: float = 0.05
-    """Held-out share of the data used for metrics, when no eval split is given."""
-    checkpoint_every_steps: int = 0
-    """Also checkpoint every this many steps (0: only at epoch ends)."""
-    log_every_steps: int = 50
-    geometric_median_iters: int = 20
-    """Weiszfeld iterations for the pre-bias init; 0 uses the coordinate-wise median."""
+    batch_size: int = _knob(1024, "Samples per training step.")
+    lr: float = _knob(1e-4, "Adam learning rate after warm-up.")
+    epochs: int = _knob(50, "Passes over the training split.")
+    warmup_steps: int = _knob(100, "Linear learning-rate warm-up from 0, in steps.")
+    lr_schedule: Literal["constant", "cosine"] = _knob(
+        "constant", "After warm-up: constant (the paper), or cosine decay to 0 at the last step."
+    )
+    grad_clip: float = _knob(1.0, "Global gradient-norm clip per cell; 0 disables it.")
+    adam_betas: tuple[float, float] = _knob((0.9, 0.999), "Adam's (beta1, beta2).")
+    adam_eps: float = _knob(1e-8, "Adam's epsilon.")
+    seed: int = _knob(0, "Seeds the data order and, with (k, n), each cell's initialisation.")
+    compute_dtype: Literal["float32", "bfloat16"] = _knob(
+        "float32",
+        "Dtype of the encoder matmul (bfloat16: tensor cores on a GPU); parameters, sums "
+        "and the optimiser stay float32.",
+    )
+    eval_fraction: float = _knob(
+        0.05, "Held-out share of the data used for metrics, when no eval split is given."
+    )
+    checkpoint_every_s: float = _knob(
+        60.0,
+        "Checkpoint at an epoch end once this long has passed since the last one (a "
+        "killed run loses at most this much work; the final one is always written); "
+        "0: every epoch.",
+    )
+    checkpoint_every_steps: int = _knob(0, "Also checkpoint every this many steps (0: never).")
+    log_every_steps: int = _knob(10, "Training metrics every this many steps.")
+    geometric_median_iters: int = _knob(
+        20, "Weiszfeld iterations for the pre-bias init; 0 uses the coordinate-wise median."
+    )
+
+    #: Settings that change how a run is watched or saved, never its weights.
+    NOT_IN_WEIGHTS = ("checkpoint_every_s", "checkpoint_every_steps", "log_every_steps")
+
+    def weight_key(self) -> dict[str, Any]:
+        """The settings that decide the trained weights (with the cells, data and code)."""
+        return {k: v for k, v in to_dict(self).items() if k not in self.NOT_IN_WEIGHTS}
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -119,6 +140,8 @@ class TrainConfig:
             raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.checkpoint_every_steps < 0 or self.log_every_steps < 0:
             raise ConfigError("checkpoint_every_steps and log_every_steps must be >= 0")
+        if self.checkpoint_every_s < 0:
+            raise ConfigError(f"checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
 
 

@@ -8,7 +8,8 @@ and resume point.
 
 Checkpoint folder per cell (``out_dir/{domain}_{k}_{n}_{batch}/``):
     train_state.pt      everything needed to resume (weights, Adam, schedule,
-                        dead counters, data position, log accumulators)
+                        dead counters, data position, log accumulators; once
+                        done, the eval densities)
     model.safetensors   the exported model (epoch ends and the end)
     cfg.json            every hyper-parameter, d_in, embedder, data snapshot
     metrics.json        held-out metrics, written once the cell is done
@@ -19,19 +20,18 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sae.checkpoint import atomic_torch_save, atomic_write_bytes, save_sae
 from sae.config import ConfigError, RunInfo, SAEConfig, TrainConfig, cell_name, to_dict
 from sae.data import DataError, as_matrix, split
-from sae.init import data_median
 from sae.metrics import EvalMetrics, evaluate
-from sae.model import TopKSAE
-from sae.optim import constrained_step
+from sae.model import TopKSAE, data_median
 from sae.pack import PackEncoder
 from sae.perf import keep_freed_memory
 
@@ -51,6 +51,10 @@ class CellResult:
     steps: int
     seconds: float
     directory: Path | None = None
+    density: np.ndarray | None = None
+    """[n] per-latent density on the eval split, from the evaluation behind ``metrics``
+    (:class:`sae.metrics.Evaluation`; kept in train_state.pt for a cell an earlier fit
+    finished). None only for a cell finished before densities were kept there."""
 
 
 @dataclass(eq=False)  # cells are compared by identity (`c in active`), never by value
@@ -64,6 +68,7 @@ class _Cell:
     """Global steps already taken; the cell trains on step g only when g >= step."""
     done: bool = False
     metrics: EvalMetrics | None = None
+    density: np.ndarray | None = None
     seconds: float = 0.0
     acc: dict[str, torch.Tensor] = field(default_factory=dict)
     acc_steps: int = 0
@@ -90,9 +95,8 @@ class PackTrainer:
     ``on_log(cell_name, step, metrics)``: called every ``log_every_steps``.
     ``on_checkpoint(cell_dirs)``: called after each checkpoint is on disk (e.g. to copy
     the folders to remote storage, so a restarted worker elsewhere can resume).
-    ``checkpoint_min_interval_s``: skip an epoch-end checkpoint written sooner than this
-    after the previous one (short epochs would spend more time saving than training;
-    a crash then costs at most this much work). The final one is always written.
+    ``train.checkpoint_every_s`` skips epoch-end checkpoints written sooner than that
+    after the previous one: short epochs would spend more time saving than training.
     """
 
     def __init__(
@@ -105,7 +109,6 @@ class PackTrainer:
         device: str | torch.device | None = None,
         on_log: LogFn | None = None,
         on_checkpoint: CheckpointFn | None = None,
-        checkpoint_min_interval_s: float = 0.0,
     ):
         if not configs:
             raise ConfigError("a pack needs at least one cell")
@@ -126,7 +129,6 @@ class PackTrainer:
         )
         self.on_log = on_log
         self.on_checkpoint = on_checkpoint
-        self.checkpoint_min_interval_s = checkpoint_min_interval_s
         self._last_checkpoint = 0.0
         self._cells: list[_Cell] = []
         self.epoch_seconds: list[float] = []
@@ -151,7 +153,13 @@ class PackTrainer:
         if self.device.type == "cpu":
             keep_freed_memory()
 
-        batch = min(self.train.batch_size, x_train.shape[0])
+        batch = self.train.batch_size
+        if x_train.shape[0] < batch:
+            # Training on fewer rows would save a cfg.json that misstates the batch size.
+            raise DataError(
+                f"batch_size {batch} is larger than the {x_train.shape[0]} training rows: "
+                "lower the batch size or add data"
+            )
         steps_per_epoch = x_train.shape[0] // batch
         total = steps_per_epoch * self.train.epochs
         cells = self._build_cells(x_train, total)
@@ -179,12 +187,12 @@ class PackTrainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.epoch_seconds.append(time.perf_counter() - t_epoch)
-            if time.monotonic() - self._last_checkpoint >= self.checkpoint_min_interval_s:
+            if time.monotonic() - self._last_checkpoint >= self.train.checkpoint_every_s:
                 self._checkpoint(pending, epoch + 1, 0, export=True)
 
         for c in pending:
             t0 = time.perf_counter()
-            c.metrics = evaluate(
+            c.metrics, c.density = evaluate(
                 c.model, x_eval, batch_size=max(batch, 1024), compute_dtype=self._compute_dtype
             )
             c.seconds += time.perf_counter() - t0
@@ -198,6 +206,7 @@ class PackTrainer:
                 steps=c.step,
                 seconds=c.seconds,
                 directory=self._dir(c),
+                density=c.density,
             )
             for c in cells
         ]
@@ -284,7 +293,7 @@ class PackTrainer:
     def _log(self, c: _Cell) -> None:
         if self.on_log is not None and c.acc_steps:
             metrics = {f"train_{k}": (v / c.acc_steps).item() for k, v in c.acc.items()}
-            metrics["dead_fraction"] = c.model.dead_mask().float().mean().item()
+            metrics["train_dead_fraction"] = c.model.dead_mask().float().mean().item()
             metrics["lr"] = c.lr
             self.on_log(c.name, c.step, metrics)
         c.acc, c.acc_steps = {}, 0
@@ -307,6 +316,7 @@ class PackTrainer:
             "acc_steps": c.acc_steps,
             "seconds": c.seconds,
             "done": c.done,
+            "density": None if c.density is None else torch.from_numpy(c.density),
         }
 
     def _checkpoint(self, cells: Sequence[_Cell], epoch: int, step_in_epoch: int, export=False):
@@ -337,11 +347,18 @@ class PackTrainer:
         if d is None or not (d / STATE_FILE).is_file():
             return
         state = torch.load(d / STATE_FILE, map_location=self.device, weights_only=True)
-        for key, current in (("sae_cfg", to_dict(c.cfg)), ("train_cfg", to_dict(self.train))):
-            if state[key] != current:
+        # How often a run logs or checkpoints may change between runs; the rest may not.
+        saved_train = {
+            k: v for k, v in state["train_cfg"].items() if k not in TrainConfig.NOT_IN_WEIGHTS
+        }
+        for key, saved, current in (
+            ("sae_cfg", state["sae_cfg"], to_dict(c.cfg)),
+            ("train_cfg", saved_train, self.train.weight_key()),
+        ):
+            if saved != current:
                 raise ConfigError(
                     f"{d / STATE_FILE} was written with other settings ({key} differs: "
-                    f"{_diff(state[key], current)}); use a new output folder to train these"
+                    f"{_diff(saved, current)}); use a new output folder to train these"
                 )
         c.model.load_state_dict(state["model"])
         c.opt.load_state_dict(state["optimizer"])
@@ -353,6 +370,43 @@ class PackTrainer:
         if state["done"] and (d / METRICS_FILE).is_file():
             c.done = True
             c.metrics = EvalMetrics(**json.loads((d / METRICS_FILE).read_text())["metrics"])
+            density = state.get("density")  # absent from states written by older code
+            c.density = None if density is None else density.cpu().numpy()
+
+
+# ------------------------------------------------------- one optimiser step
+@torch.no_grad()
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm``; returns the norm before clipping.
+
+    On the CPU, reading the norm costs nothing, so grads are only rescaled when the
+    norm is too large (saving one pass over every gradient on most steps). On an
+    accelerator the rescale is always issued, which avoids a host sync per step.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    coef = max_norm / (norm + 1e-6)
+    if grads[0].device.type == "cpu":
+        if coef.item() < 1.0:
+            torch._foreach_mul_(grads, coef)
+    else:
+        torch._foreach_mul_(grads, coef.clamp(max=1.0))
+    return norm
+
+
+def constrained_step(model: TopKSAE, opt: torch.optim.Optimizer, grad_clip: float) -> None:
+    """After ``backward``: project the decoder grads, clip, step, clear grads, renormalise.
+
+    Keeps the decoder rows on the unit sphere (SAE_RECIPE.md); ``grad_clip`` 0 skips clipping.
+    """
+    model.remove_parallel_decoder_grad()
+    if grad_clip > 0:
+        clip_grad_norm(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.normalize_decoder()
 
 
 def _lr_lambda(train: TrainConfig, total_steps: int) -> Callable[[int], float]:

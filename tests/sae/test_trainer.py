@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,7 +49,20 @@ def test_training_lowers_nmse_well_below_one(make_data):
     assert res.metrics.nmse < 0.15, res.metrics
     assert res.metrics.l0 <= 4
     assert logs[-1][1]["train_nmse"] < logs[0][1]["train_nmse"]
+    # Per-step names never clash with the held-out metrics' (MLflow keeps one value a key).
+    assert set(logs[0][1]) == {
+        "train_loss",
+        "train_nmse",
+        "train_auxk_loss",
+        "train_dead_fraction",
+        "lr",
+    }
     assert math.isfinite(res.metrics.log_feature_density)
+    # The per-latent densities the metrics summarise come back with them: k picks a row.
+    assert res.density.shape == (128,) and res.density.sum() == pytest.approx(4)
+    live = res.density[res.density > 0]
+    assert res.metrics.log_feature_density == pytest.approx(np.log10(live).mean())
+    assert res.metrics.dead_fraction == pytest.approx(1 - live.size / 128)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -108,6 +122,8 @@ def test_a_finished_pack_is_not_retrained(tmp_path, make_data):
     assert steps == []
     assert state.stat().st_mtime_ns == mtime
     assert again[0].metrics == first[0].metrics
+    # The densities of the final evaluation come back too (kept in the resume state).
+    np.testing.assert_array_equal(again[0].density, first[0].density)
 
 
 @pytest.mark.parametrize(("interval", "epoch_ends"), [(0.0, 3), (3600.0, 0)])
@@ -118,10 +134,9 @@ def test_epoch_end_checkpoints_respect_the_minimum_interval(
     calls = []
     trainer = PackTrainer(
         _cfgs((4, 64), (8, 64)),
-        _train(epochs=3),
+        _train(epochs=3, checkpoint_every_s=interval),
         out_dir=tmp_path,
         on_checkpoint=lambda dirs: calls.append(sorted(d.name for d in dirs)),
-        checkpoint_min_interval_s=interval,
     )
     results = trainer.fit(x)
     names = sorted(r.name for r in results)
@@ -137,6 +152,9 @@ def test_changed_settings_do_not_resume_silently(tmp_path, make_data):
     PackTrainer(_cfgs((4, 64)), _train(), out_dir=tmp_path).fit(x)
     with pytest.raises(ConfigError, match="lr"):
         PackTrainer(_cfgs((4, 64)), _train(lr=1e-2), out_dir=tmp_path).fit(x)
+    # How often it logs or checkpoints is not a setting of the weights: it resumes.
+    watched = _train(log_every_steps=7, checkpoint_every_s=5.0, checkpoint_every_steps=3)
+    PackTrainer(_cfgs((4, 64)), watched, out_dir=tmp_path).fit(x)
 
 
 def test_cell_folders_use_the_released_naming(tmp_path, make_data):
