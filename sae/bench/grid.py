@@ -65,11 +65,15 @@ def measure(
         W = torch.randn(c.n_latents, d, device=device, generator=g).to(cd)
         floor += steps * median_seconds(lambda W=W: xb.to(cd) @ W.T, 5, device=device)
     budget = int(max_pack_gib * 2**30) or None
-    packs = plan_packs(cfgs, 1, batch, memory_budget_bytes=budget)
+    by_cell = {(c.k, c.n_latents): c for c in cfgs}
+    packs = [
+        [by_cell[cell] for cell in p.cells]
+        for p in plan_packs(list(by_cell), 1, batch, memory_budget_bytes=budget, d_in=d)
+    ]
     out = {
         "cells": len(cfgs), "rows": rows, "d": d, "batch": batch, "steps": steps,
         "compute_dtype": compute_dtype, "packs": len(packs), "floor": floor,
-        "fused": sum(_epoch_seconds(pk.cells, x, x_eval, train, device) for pk in packs),
+        "fused": sum(_epoch_seconds(pk, x, x_eval, train, device) for pk in packs),
     }  # fmt: skip
     if one_by_one:
         out["one_by_one"] = sum(_epoch_seconds([c], x, x_eval, train, device) for c in cfgs)
