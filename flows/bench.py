@@ -44,28 +44,26 @@ def _prepare(base: Path, data: Path, papers: int) -> Path:
 
 
 def _direct(template: Path, papers: int, epochs: int, batch: int, lr: float) -> float:
-    """Snapshot + the same 4-cell pack, called in this process: the training floor."""
-    import torch
-
+    """Snapshot + the same 4-cell pack through the sweep's training task, in this
+    process: the training floor."""
+    from infra.code_version import code_version
+    from infra.settings import get_settings
     from infra.store import Store
-    from sae.config import SAEConfig, TrainConfig
-    from sae.trainer import PackTrainer
     from tasks.corpus.domains import get_domain
     from tasks.embed.embedders import embedder_name
-    from tasks.embed.snapshot import fix_snapshot, load_snapshot
+    from tasks.embed.snapshot import fix_snapshot
+    from tasks.sweep.config import GridParams
+    from tasks.sweep.train import sweep_pack, train_pack
 
     t0 = time.perf_counter()
-    store, cs = Store(str(template)), get_domain("cs.LG")
-    snap = fix_snapshot(store, cs, embedder_name("minilm"), limit=papers)
-    x_train, x_eval = load_snapshot(store, cs, snap)
-    cells = [
-        SAEConfig(d_in=x_train.shape[1], n_latents=int(n), k=int(k))
-        for k in K.split(",")
-        for n in N.split(",")
-    ]
-    PackTrainer(cells, TrainConfig(batch_size=batch, lr=lr, epochs=epochs)).fit(
-        torch.from_numpy(x_train), torch.from_numpy(x_eval)
+    store = Store(str(template))
+    snap = fix_snapshot(store, get_domain("cs.LG"), embedder_name("minilm"), limit=papers)
+    params = GridParams(
+        k=K.split(","), n_latents=N.split(","), epochs=epochs, batch_size=batch, lr=lr
     )
+    spec = sweep_pack(params, "direct", store, snap, code_version())
+    with tempfile.TemporaryDirectory() as scratch:
+        train_pack(spec, store, Path(scratch), get_settings().torch_device())
     return time.perf_counter() - t0
 
 

@@ -1,18 +1,19 @@
-"""The ``sae`` command line."""
+"""The ``sae`` command line.
+
+Imports that pull in torch, Prefect, Ray or MLflow (``flows.sweep``, ``tasks.sweep.train``,
+``tasks.embed.run``, ...) stay inside the commands that need them: on 2 cores they cost
+3-12 s, which ``sae --help``, ``sae info`` or ``sae ingest`` should not pay.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 from importlib import metadata
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from flows.cli_common import (
-    DOMAIN_HELP,
     bug,
     debug,
     fail,
@@ -20,8 +21,14 @@ from flows.cli_common import (
     quiet_prefect_console,
     set_debug,
     setup_logging,
-    validation_message,
 )
+from flows.cli_params import model_command
+from infra.local_stack import StackError, check_mlflow, check_prefect, prefect_for_run
+from infra.settings import get_settings
+from infra.store import Store, StoreError
+from infra.tracking import TrackingUnavailableError, mlflow_client
+from tasks.corpus.domains import DOMAIN_HELP, UnknownDomainError, get_domain
+from tasks.sweep.config import MatrixParams, SweepParams
 
 app = typer.Typer(
     help="Train sparse autoencoders (TopK SAEs) on embeddings of arXiv abstracts.",
@@ -68,161 +75,56 @@ def _version(dist: str) -> str:
 @app.command()
 def info() -> None:
     """Versions, device, kernel backend and the effective settings."""
-    import torch
-
-    from infra.settings import get_settings
-    from sae.backend import choose_backend
+    from tasks.sweep.train import compute_info
 
     settings = get_settings()
-    backend = choose_backend()
     rows = [("python", platform.python_version()), ("arxiv-sae", _version("arxiv-sae"))]
     rows += [(name, _version(name)) for name in _PACKAGES]
-    if torch.cuda.is_available():
-        device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)"
-    else:
-        device = f"cpu ({torch.get_num_threads()} threads)"
-    rows += [
-        ("device", device),
-        ("kernels", f"{backend.name} ({backend.reason})"),
-    ]
+    rows += compute_info()
     rows += list(settings.effective().items())
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")
 
 
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise fail(f"{option} takes comma-separated integers (16,32), got {text!r}") from None
-    if not values:
-        raise fail(f"{option} is empty: give one or more comma-separated integers (16,32)")
-    return values
-
-
-@app.command()
-def train(
-    data: Annotated[
-        str,
-        typer.Option(help="'synthetic', or an [N, d] matrix file: .npy, .pt or .safetensors"),
-    ] = "synthetic",
-    k: Annotated[str, typer.Option(help="Comma-separated k values.")] = "16,32",
-    n: Annotated[str, typer.Option(help="Comma-separated n_latents values.")] = "3072,4608",
-    epochs: Annotated[int, typer.Option()] = 10,
-    batch_size: Annotated[int, typer.Option()] = 1024,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    limit: Annotated[int, typer.Option(help="Use at most this many rows (0: all).")] = 0,
-    domain: Annotated[
-        str, typer.Option(help="Label used in cell names (a known domain in any spelling).")
-    ] = "synthetic",
-    seed: Annotated[int, typer.Option()] = 0,
-    run_id: Annotated[
-        str,
-        typer.Option(
-            help="Output folder name; default derived from the settings, so a rerun resumes."
-        ),
-    ] = "",
-) -> None:
+@model_command(app, MatrixParams, "train")
+def train(params: MatrixParams) -> None:
     """Train a pack of TopK SAEs (every k x n cell) on one embedding matrix and print metrics.
 
+    The same training task as a sweep, without corpus, Prefect, Ray or MLflow.
     Checkpoints go to {SAE_STORE}/sae/{run_id}/{domain}_{k}_{n}_{batch}/; running the
     same command again resumes unfinished cells and skips finished ones.
     """
-    from infra.settings import get_settings
-    from sae.config import ConfigError, RunInfo, SAEConfig, TrainConfig, to_dict
-    from sae.data import DataError
-    from sae.trainer import PackTrainer
-    from tasks.corpus.domains import canonical_name
+    from tasks.sweep.preflight import BAD_INPUT
+    from tasks.sweep.results import TRAIN_COLUMNS, results_table
+    from tasks.sweep.train import matrix_pack, train_pack
 
     settings = get_settings()
-    domain = canonical_name(domain)  # cs_lg and cs.LG cells: one name, csLG_{k}_{n}_{batch}
     if not settings.store_is_local:
         raise typer.BadParameter(
             f"sae train writes to a local folder; SAE_STORE={settings.store} is remote",
             param_hint="SAE_STORE",
         )
-    try:
-        x, data_id = _load_matrix(data, limit, seed)
-        train_cfg = TrainConfig(batch_size=batch_size, lr=lr, epochs=epochs, seed=seed)
-        cfgs = [
-            SAEConfig(d_in=x.shape[1], n_latents=nn, k=kk)
-            for kk in _ints(k, "--k")
-            for nn in _ints(n, "--n")
-        ]
-    except (ConfigError, DataError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    key = json.dumps([data_id, to_dict(train_cfg), [to_dict(c) for c in cfgs]], sort_keys=True)
-    run_id = run_id or "train-" + hashlib.sha256(key.encode()).hexdigest()[:10]
-    out_dir = Path(settings.store) / "sae" / run_id
-    typer.echo(
-        f"training {len(cfgs)} cell(s) on {x.shape[0]} x {x.shape[1]} ({data_id}) -> {out_dir}"
-    )
+    store = Store.from_settings(settings)
 
     def on_log(name: str, step: int, m: dict[str, float]) -> None:
         typer.echo(
             f"  {name:<28} step {step:>6}  "
-            f"loss {m['train_loss']:.4f}  dead {m['dead_fraction']:.3f}"
+            f"loss {m['train_loss']:.4f}  dead {m['train_dead_fraction']:.3f}"
         )
 
-    trainer = PackTrainer(
-        cfgs,
-        train_cfg,
-        run=RunInfo(
-            domain=domain, data_snapshot=data_id, embedder="none" if data == "synthetic" else "file"
-        ),
-        out_dir=out_dir,
-        device=settings.torch_device(),
-        on_log=on_log,
-    )
     try:
-        results = trainer.fit(x)
-    except (ConfigError, DataError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        spec = matrix_pack(params, store)
+        where = store.uri(spec.folder)
+        typer.echo(f"training {len(spec.cells)} cell(s) on {spec.data.id} -> {where}")
+        refs = train_pack(spec, store, settings.home / "scratch", settings.torch_device(), on_log)
+    except BAD_INPUT as exc:
+        raise fail(exc) from exc
     typer.echo("")
-    typer.echo(results_table(results))
-
-
-_COLUMNS = (  # header, width, value of a CellResult
-    ("cell", 26, lambda r: r.name),
-    ("k", 4, lambda r: r.sae_cfg.k),
-    ("n", 6, lambda r: r.sae_cfg.n_latents),
-    ("nmse", 7, lambda r: f"{r.metrics.nmse:.4f}"),
-    ("log FD", 7, lambda r: f"{r.metrics.log_feature_density:.3f}"),
-    ("act mean", 8, lambda r: f"{r.metrics.act_mean:.4f}"),
-    ("dead", 6, lambda r: f"{r.metrics.dead_fraction:.3f}"),
-    ("s", 6, lambda r: f"{r.seconds:.1f}"),
-)
-
-
-def results_table(results) -> str:
-    """A markdown table of held-out metrics, one row per cell."""
-
-    def row(cells):
-        return (
-            "| "
-            + " | ".join(
-                f"{c!s:<{w}}" if i == 0 else f"{c!s:>{w}}"  # names left, numbers right
-                for i, (c, (_, w, _)) in enumerate(zip(cells, _COLUMNS, strict=True))
-            )
-            + " |"
-        )
-
-    lines = [
-        row(h for h, _, _ in _COLUMNS),
-        "|" + "|".join("-" * (w + 2) for _, w, _ in _COLUMNS) + "|",
-    ]
-    lines += [row(f(r) for _, _, f in _COLUMNS) for r in results]
-    return "\n".join(lines)
+    typer.echo(results_table([r.row() for r in refs], TRAIN_COLUMNS))
 
 
 def _store_and_domain(domain: str):
-    from infra.settings import get_settings
-    from infra.store import Store
-    from tasks.corpus.domains import get_domain
-
     settings = get_settings()
     return settings, Store.from_settings(settings), get_domain(domain)
 
@@ -246,8 +148,6 @@ def ingest(
     be read is kept),
     2 when it could not be read at all.
     """
-    from infra.store import StoreError
-    from tasks.corpus.domains import UnknownDomainError
     from tasks.corpus.ingest import ingest_source
     from tasks.corpus.readers import SourceError
 
@@ -278,8 +178,6 @@ def harvest(
 
     At most one request every SAE_HARVEST_MIN_INTERVAL_S seconds (arXiv's terms: 3).
     """
-    from infra.store import StoreError
-    from tasks.corpus.domains import UnknownDomainError
     from tasks.corpus.harvest import HarvestConfig, HarvestError, HarvestStats
     from tasks.corpus.ingest import harvest as run_harvest
     from tasks.corpus.storage import WatermarkError
@@ -321,8 +219,6 @@ def embed(
     from tqdm import tqdm
 
     from infra.ray_runtime import RayUnavailableError
-    from infra.store import StoreError
-    from tasks.corpus.domains import UnknownDomainError
     from tasks.embed.embedders import EmbedderError
     from tasks.embed.manifest import EmbeddingStoreError
     from tasks.embed.run import EmbedFailedError, EmptyCorpusError, embed_domain
@@ -368,35 +264,8 @@ def embed(
     typer.echo(f"  vectors: {report.namespace}")
 
 
-@app.command()
-def sweep(
-    domain: Annotated[
-        str, typer.Argument(help=DOMAIN_HELP + " Several: comma-separated.")
-    ] = "cs.LG",
-    k: Annotated[str, typer.Option(help="Comma-separated k values.")] = "16,32,64,128",
-    n_latents: Annotated[
-        str, typer.Option("--n-latents", "--n", help="Comma-separated dictionary sizes.")
-    ] = "3072,4608,6144,9216,12288",
-    epochs: Annotated[int, typer.Option()] = 50,
-    batch_size: Annotated[int, typer.Option()] = 1024,
-    lr: Annotated[float, typer.Option()] = 1e-4,
-    seed: Annotated[int, typer.Option()] = 0,
-    limit: Annotated[
-        int, typer.Option(help="Embed and train on at most this many papers (0: all).")
-    ] = 0,
-    source: Annotated[
-        str, typer.Option(help="A file or folder of papers to ingest first (any ingest format).")
-    ] = "",
-    embedder: Annotated[str, typer.Option(help="Default: SAE_EMBEDDER.")] = "",
-    data_snapshot: Annotated[
-        str, typer.Option(help="Train on this existing snapshot id instead of a new one.")
-    ] = "",
-    gpus_per_pack: Annotated[float, typer.Option(help="Default: SAE_PACK_GPUS.")] = 0.0,
-    n_packs: Annotated[int, typer.Option(help="Default: one per GPU, one on CPU.")] = 0,
-    checkpoint_every_s: Annotated[
-        float, typer.Option(help="Checkpoint at epoch ends at most this often (0: every one).")
-    ] = 60.0,
-) -> None:
+@model_command(app, SweepParams, "sweep")
+def sweep(params: SweepParams) -> None:
     """Run the sweep flow: every k x n cell for DOMAIN, tracked in MLflow; print the results.
 
     Uses the corpus already ingested for DOMAIN under SAE_STORE (plus --source, if given),
@@ -404,48 +273,19 @@ def sweep(
     child run and a registered model per cell. A rerun retrains nothing; a sweep that died
     resumes its unfinished cells. Exits 0 only when every cell finished.
     """
-    from pydantic import ValidationError
-
-    from tasks.sweep.config import SweepParams
+    from tasks.sweep.results import SWEEP_COLUMNS, results_table
 
     setup_logging(own_handler=False)
-    try:
-        params = SweepParams(
-            domains=[d.strip() for d in domain.split(",") if d.strip()],
-            k=_ints(k, "--k"),
-            n_latents=_ints(n_latents, "--n-latents"),
-            batch_size=batch_size,
-            epochs=epochs,
-            lr=lr,
-            seed=seed,
-            limit=limit or None,
-            source=source or None,
-            embedder=embedder or None,
-            data_snapshot=data_snapshot or None,
-            gpus_per_pack=gpus_per_pack or None,
-            n_packs=n_packs or None,
-            checkpoint_every_s=checkpoint_every_s,
-        )
-    except ValidationError as exc:
-        raise fail(validation_message(exc, {"domains": "DOMAIN"})) from exc
-    results = _run_sweep(params)
-    from flows.sweep import results_markdown
-
-    for r in results:
+    for r in _run_sweep(params):
         typer.echo(f"\n{r.domain}: sweep {r.sweep_id}, data snapshot {r.data_snapshot}")
-        typer.echo(results_markdown(r.cells, r.champion))
+        typer.echo(results_table(r.cells, SWEEP_COLUMNS))
         if r.champion:
             typer.echo(f"champion: {r.champion} (alias 'champion')")
-    from infra.settings import get_settings
-
     typer.echo(f"\nMLflow: {get_settings().tracking_uri}  (sae ui prints the UI addresses)")
 
 
 def _run_sweep(params):
     """Runs the flow against a Prefect server for this run; exit codes for the failures."""
-    from infra.local_stack import check_mlflow, check_prefect, prefect_for_run
-    from infra.settings import get_settings
-    from infra.store import Store
     from tasks.sweep.preflight import check_sweep_inputs
 
     settings = get_settings()
@@ -457,7 +297,7 @@ def _run_sweep(params):
         store.check_writable()
         check_sweep_inputs(params, settings, store)
         with prefect_for_run(settings, while_booting=lambda: _warm_up(settings)):
-            from flows.sweep import sweep
+            from flows.sweep import sweep  # imported by _warm_up meanwhile
 
             quiet_prefect_console()
             return sweep(params)
@@ -475,31 +315,21 @@ def _run_sweep(params):
 def _sweep_exit_code(exc: Exception) -> int | None:
     """1: some cells or shards failed (rerun to resume); 2: bad input or a service down."""
     from flows.sweep import SweepFailedError
-    from infra.local_stack import StackError
     from infra.ray_runtime import RayUnavailableError
-    from infra.store import StoreError
-    from infra.tracking import TrackingUnavailableError
-    from sae.config import ConfigError
-    from tasks.corpus.readers import SourceError
-    from tasks.embed.embedders import EmbedderError
     from tasks.embed.manifest import EmbeddingStoreError
-    from tasks.embed.run import EmbedFailedError, EmptyCorpusError
-    from tasks.sweep.config import SweepInputError
+    from tasks.embed.run import EmbedFailedError
+    from tasks.sweep.preflight import BAD_INPUT
 
     if isinstance(exc, SweepFailedError | EmbedFailedError):
         return 1
-    bad_input = (
-        StackError, StoreError, TrackingUnavailableError, RayUnavailableError, ConfigError,
-        SweepInputError, EmptyCorpusError, EmbeddingStoreError, SourceError, EmbedderError,
-    )  # fmt: skip
-    return 2 if isinstance(exc, bad_input) else None
+    services = (StackError, StoreError, TrackingUnavailableError, RayUnavailableError)
+    return 2 if isinstance(exc, BAD_INPUT + services + (EmbeddingStoreError,)) else None
 
 
 def _warm_up(settings) -> None:
     """While the Prefect server boots: import the flow (torch, MLflow, Prefect take
     seconds) and open the MLflow store (a new sqlite file migrates for seconds)."""
     import flows.sweep  # noqa: F401
-    from infra.tracking import mlflow_client
 
     mlflow_client(settings).search_experiments(max_results=1)
 
@@ -510,49 +340,13 @@ def runs(
     sweep_id: Annotated[str, typer.Option("--sweep", help="Only this sweep id.")] = "",
 ) -> None:
     """Compare the cells recorded in MLflow: one row per child run, newest sweeps included."""
-    from infra.local_stack import StackError
-    from infra.settings import get_settings
-    from infra.tracking import mlflow_client
-    from tasks.sweep.compare import runs_table
+    from tasks.sweep.compare import runs_table  # MLflow: seconds to import
 
     try:
         client = mlflow_client(get_settings())
         typer.echo(runs_table(client, domains=domain or None, sweep_id=sweep_id or None))
     except (StackError, LookupError) as exc:
         raise fail(exc) from exc
-
-
-def _load_matrix(data: str, limit: int, seed: int):
-    import numpy as np
-    import torch
-
-    if data == "synthetic":
-        from sae.synthetic import sparse_dictionary_data
-
-        rows = limit or 20000
-        return sparse_dictionary_data(
-            rows, 384, n_atoms=512, active=6, seed=seed
-        ), f"synthetic-{rows}x384-s{seed}"
-    path = Path(data)
-    if not path.is_file():
-        raise OSError(f"--data {data}: no such file")
-    if path.suffix == ".npy":
-        x = torch.from_numpy(np.load(path, mmap_mode="r")[: limit or None].copy())
-    elif path.suffix == ".pt":
-        x = torch.load(path, map_location="cpu", weights_only=True)[: limit or None]
-    elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path))
-        if len(tensors) != 1:
-            raise OSError(f"--data {data}: expected one tensor, found {sorted(tensors)}")
-        x = next(iter(tensors.values()))[: limit or None]
-    else:
-        raise OSError(
-            f"--data {data}: unsupported file type {path.suffix!r} (use .npy, .pt or .safetensors)"
-        )
-    stat = path.stat()
-    return x, f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}-{x.shape[0]}"
 
 
 from flows.reembed_cli import register as register_reembed  # noqa: E402

@@ -10,8 +10,6 @@ from datetime import UTC, datetime
 
 import typer
 
-DOMAIN_HELP = "cs.LG or astro-ph, in any spelling (cs_lg, csLG, astro_ph, astroPH...)."
-
 
 def setup_logging(own_handler: bool = True) -> None:
     """INFO from our packages; ``own_handler=False`` when Prefect's console handler shows them."""

@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 
 from flows.cli_common import (
-    DOMAIN_HELP,
     bug,
     debug,
     fail,
@@ -24,6 +23,7 @@ from flows.cli_common import (
     setup_logging,
     validation_message,
 )
+from tasks.corpus.domains import DOMAIN_HELP
 
 EXIT_PARTIAL = 1
 EXIT_BAD_INPUT = 2

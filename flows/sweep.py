@@ -22,10 +22,18 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from prefect_ray import RayTaskRunner
+from prefect_ray.context import remote_options
 
+from infra.code_version import code_version, git_commit
+from infra.ray_runtime import ensure_ray, pack_resources
 from infra.settings import get_settings
 from infra.store import Store
+from infra.tracking import ensure_experiment, mlflow_client
+from tasks.corpus.domains import get_domain
+from tasks.embed.embedders import embedder_name
 from tasks.sweep.config import SweepParams, sweep_id
+from tasks.sweep.results import SWEEP_COLUMNS, results_table
 from tasks.sweep.steps import (
     ensure_corpus,
     ensure_embeddings,
@@ -34,7 +42,16 @@ from tasks.sweep.steps import (
     plot_sweep,
     train_pack_task,
 )
-from tasks.sweep.train import CellRef, PackSpec, finished_cells
+from tasks.sweep.track import (
+    SweepContext,
+    choose_champion,
+    close_parent,
+    log_summary,
+    model_name,
+    open_parent,
+    set_champion,
+)
+from tasks.sweep.train import CellRef, PackSpec, finished_cells, plan, sweep_pack
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +74,6 @@ class DomainResult:
 @flow(name="train-packs")
 def train_packs(specs: list[PackSpec], resources: dict, total_cells: int, done_cells: int):
     """One Ray task per pack; returns (refs of finished cells, errors of failed packs)."""
-    from prefect_ray.context import remote_options
-
     progress = create_progress_artifact(
         progress=100.0 * done_cells / total_cells,
         description=f"cells done / total ({total_cells})",
@@ -84,11 +99,6 @@ def train_packs(specs: list[PackSpec], resources: dict, total_cells: int, done_c
 @flow(name="sweep")
 def sweep(params: SweepParams = SweepParams()) -> list[DomainResult]:  # noqa: B008
     """Train the k x n grid of TopK SAEs per domain and record it in MLflow."""
-    from infra.code_version import code_version
-    from infra.tracking import ensure_experiment, mlflow_client
-    from tasks.corpus.domains import get_domain
-    from tasks.embed.embedders import embedder_name
-
     logger = get_run_logger()
     settings = get_settings()
     store = Store.from_settings(settings)
@@ -106,7 +116,9 @@ def sweep(params: SweepParams = SweepParams()) -> list[DomainResult]:  # noqa: B
         logger.info("%s: %d papers in the corpus", domain, corpus["papers"])
         if params.data_snapshot is None:
             ensure_embeddings(domain, spec, params.limit)
-        snap = fix_data_snapshot(domain, embedder, params.limit, params.data_snapshot)
+        snap = fix_data_snapshot(
+            domain, embedder, params.limit, params.data_snapshot, params.batch_size
+        )
         sid = sweep_id(params, dom.slug, snap.id, version)
         logger.info(
             "%s: sweep %s on snapshot %s (%d train / %d eval)",
@@ -130,53 +142,31 @@ def sweep(params: SweepParams = SweepParams()) -> list[DomainResult]:  # noqa: B
 
 
 def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, sid):
-    from prefect_ray import RayTaskRunner
-
-    from infra.code_version import code_version, git_commit
-    from infra.ray_runtime import ensure_ray, pack_resources
-    from tasks.sweep.track import (
-        SweepContext,
-        choose_champion,
-        close_parent,
-        log_summary,
-        model_name,
-        open_parent,
-        set_champion,
-    )
-
+    version = code_version()
     ctx = SweepContext(
         sweep_id=sid,
         domain=domain,
         experiment_id=experiment_id,
         data_snapshot=snap.id,
         embedder=snap.embedder,
-        code_version=code_version(),
-        batch_size=params.batch_size,
-        lr=params.lr,
-        epochs=params.epochs,
+        code_version=version,
+        train_params=params.mlflow_params(),
         git_commit=git_commit(),
     )
     parent = open_parent(client, ctx, {"k": params.k, "n_latents": params.n_latents})
     result = DomainResult(domain, sid, snap.id, parent)
 
     # Which cells are done already decides whether Ray is needed at all.
-    all_cells = PackSpec(
-        sid, store.root, store.storage_options, domain, snap, params.cells(),
-        params.batch_size, params.epochs, params.lr, params.seed, code_version(),
-        checkpoint_min_interval_s=params.checkpoint_every_s,
-    )  # fmt: skip
-    done = finished_cells(store, all_cells)
+    grid = sweep_pack(params, sid, store, snap, version)
+    done = finished_cells(store, grid)
     refs = [r.as_dict() for r in done.values()]
-    todo = [
-        (k, n)
-        for k, n in params.cells()
-        if not any(r.k == k and r.n_latents == n for r in done.values())
-    ]
+    finished = {(r.k, r.n_latents) for r in done.values()}
+    todo = [cell for cell in params.cells() if cell not in finished]
     if todo:
         cluster = ensure_ray(settings)
         gpus = params.gpus_per_pack or settings.pack_gpus
         resources, n_packs = pack_resources(cluster, gpus, params.n_packs)
-        specs = _plan(params, all_cells, todo, n_packs)
+        specs = plan(grid, todo, n_packs)
         runner = train_packs.with_options(task_runner=RayTaskRunner())  # joins ensure_ray's Ray
         new_refs, errors = runner(specs, resources, len(params.cells()), len(done))
         refs += new_refs
@@ -202,7 +192,9 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
         champion = choose_champion(cells, params.champion_max_dead)
         set_champion(client, ctx, champion, versions[champion.cell], run_ids)
         result.champion = champion.cell
-        table = results_markdown(rows, champion.cell)
+        for row in rows:
+            row["champion"] = row["cell"] == champion.cell
+        table = results_table(rows, SWEEP_COLUMNS)
         with tempfile.TemporaryDirectory() as tmp:
             plots = plot_sweep(store, cells, domain, Path(tmp))
             log_summary(client, parent, table, rows, plots)
@@ -214,30 +206,3 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
     result.cells = rows
     close_parent(client, parent, ok=not result.failed and len(cells) == len(params.cells()))
     return result
-
-
-def _plan(params: SweepParams, all_cells: PackSpec, todo, n_packs: int) -> list[PackSpec]:
-    from dataclasses import replace
-
-    from sae.config import SAEConfig
-    from sae.planner import plan_packs
-
-    d_in = 1  # the planner balances by n x batch; d_in does not change the split
-    configs = [SAEConfig(d_in=d_in, n_latents=n, k=k) for k, n in todo]
-    packs = plan_packs(configs, n_packs, params.batch_size)
-    return [replace(all_cells, cells=[(c.k, c.n_latents) for c in p.cells]) for p in packs]
-
-
-def results_markdown(rows: list[dict], champion: str | None = None) -> str:
-    """The results table (held-out metrics), one row per cell; ``*`` marks the champion."""
-    head = "| k | n | nmse | log FD | act mean | dead | auxk | s | model |"
-    lines = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|:---|"]
-    for r in rows:
-        star = " *" if r["cell"] == champion else ""
-        lines.append(
-            f"| {r['k']} | {r['n_latents']} | {r['nmse']:.4f} | "
-            f"{r['log_feature_density']:.3f} | {r['act_mean']:.4f} | "
-            f"{r['dead_fraction']:.3f} | {r['auxk_loss']:.4f} | {r['seconds']:.1f} | "
-            f"{r['model']}{star} |"
-        )
-    return "\n".join(lines)

@@ -16,21 +16,12 @@ from typing import Any
 from infra.tracking import EXPERIMENT_PREFIX, experiment_name
 from sae.metrics import METRIC_NAMES
 from tasks.corpus.domains import canonical_name
+from tasks.sweep.results import results_table
 
 # nmse, log_feature_density, act_mean, dead_fraction: EvalMetrics lists these four first;
 # ``metrics=METRIC_NAMES`` adds the rest.
 DEFAULT_METRICS = METRIC_NAMES[:4]
 
-# header, format of a value (the same as `sae train`'s results table), for each metric
-_METRIC_COLUMNS = {
-    "nmse": ("nmse", "{:.4f}"),
-    "log_feature_density": ("log FD", "{:.3f}"),
-    "act_mean": ("act mean", "{:.4f}"),
-    "dead_fraction": ("dead", "{:.3f}"),
-    "l0": ("L0", "{:.2f}"),
-    "auxk_loss": ("auxk", "{:.4f}"),
-}
-_SWEEP_CHARS = 12
 _PAGE = 1000
 
 
@@ -179,17 +170,6 @@ def cell_rows(
     return rows
 
 
-def _format(metric: str, value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    fmt = _METRIC_COLUMNS.get(metric, (metric, "{:.4g}"))[1]
-    return fmt.format(value)
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None else str(value).replace("|", "\\|")
-
-
 def runs_table(
     client_or_tracking_uri,
     domains: str | Iterable[str] | None = None,
@@ -208,43 +188,9 @@ def runs_table(
     """
     metrics = tuple(metrics)
     rows = cell_rows(client_or_tracking_uri, domains, sweep_id, metrics)
-    header = ["domain", "sweep", "k", "n"]
-    header += [_METRIC_COLUMNS.get(m, (m,))[0] for m in metrics]
-    header += ["status", "champion"]
-    body = [
-        [
-            _cell(r["domain"]),
-            _cell(r["sweep_id"][:_SWEEP_CHARS]),
-            _cell(r["k"]),
-            _cell(r["n_latents"]),
-            *(_format(m, r[m]) for m in metrics),
-            _cell(r["status"]),
-            "*" if r["champion"] else "",
-        ]
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    text_cols = {0, 1, len(header) - 2, len(header) - 1}  # left-aligned; numbers right
-
-    def line(cells: Sequence[str]) -> str:
-        return (
-            "| "
-            + " | ".join(
-                c.ljust(w) if i in text_cols else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            )
-            + " |"
-        )
-
-    rule = (
-        "|"
-        + "|".join(
-            ("-" * (w + 2)) if i in text_cols else ("-" * (w + 1) + ":")
-            for i, w in enumerate(widths)
-        )
-        + "|"
+    return results_table(
+        rows, ("domain", "sweep_id", "k", "n_latents", *metrics, "status", "champion")
     )
-    return "\n".join([line(header), rule, *(line(b) for b in body)])
 
 
 def latest_sweep_id(client_or_tracking_uri, domain: str) -> str | None:

@@ -3,12 +3,22 @@ MLflow params and cfg.json, checked before anything starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from tasks.corpus.domains import DOMAINS, UnknownDomainError, get_domain
+from sae.config import ConfigError, TrainConfig
+from tasks.corpus.domains import DOMAIN_HELP, UnknownDomainError, canonical_name, get_domain
 
 PAPER_K = [16, 32, 64, 128]
 PAPER_N = [3072, 4608, 6144, 9216, 12288]
@@ -18,26 +28,106 @@ class SweepInputError(ValueError):
     """The sweep cannot start: no papers, no embeddings, an unknown snapshot."""
 
 
-class SweepParams(BaseModel):
-    """A grid of TopK SAEs (every k x n_latents) per domain, trained on one data snapshot."""
+def _knob(name: str, **schema) -> Any:
+    """A training setting as a sweep parameter: its default and help are
+    :class:`sae.config.TrainConfig`'s, the one place they are written."""
+    f = _TRAIN_FIELDS[name]
+    return Field(default=f.default, description=f.metadata["help"], **schema)
+
+
+_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+class GridParams(BaseModel):
+    """A pack of TopK SAEs, every k x n_latents cell, and how they are trained.
+
+    Every setting of this model (and of its subclasses) is declared once, here: the
+    ``sae`` options, the Prefect form, the MLflow params and cfg.json are derived from
+    it. Training values are checked by :class:`TrainConfig` itself.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    domains: list[str] = Field(
-        default=["cs.LG"], min_length=1, description=f"Any of {sorted(DOMAINS)}."
-    )
     k: list[int] = Field(default=PAPER_K, min_length=1, description="Active latents per sample.")
-    n_latents: list[int] = Field(default=PAPER_N, min_length=1, description="Dictionary sizes.")
-    batch_size: int = Field(default=1024, gt=0)
-    epochs: int = Field(default=50, gt=0)
-    lr: float = Field(default=1e-4, gt=0)
-    seed: int = Field(default=0, ge=0)
+    n_latents: list[int] = Field(
+        default=PAPER_N,
+        min_length=1,
+        description="Dictionary sizes.",
+        json_schema_extra={"flags": ["--n"]},
+    )
+    batch_size: int = _knob("batch_size")
+    epochs: int = _knob("epochs")
+    lr: float = _knob("lr")
+    warmup_steps: int = _knob("warmup_steps")
+    lr_schedule: Literal["constant", "cosine"] = _knob("lr_schedule")
+    grad_clip: float = _knob("grad_clip")
+    compute_dtype: Literal["float32", "bfloat16"] = _knob("compute_dtype")
+    seed: int = _knob("seed")
+    checkpoint_every_s: float = _knob("checkpoint_every_s")
+
+    @field_validator("k", "n_latents")
+    @classmethod
+    def _positive_unique(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"{info.field_name} must be positive, got {v}")
+        return sorted(set(v))
+
+    @field_validator("*")
+    @classmethod
+    def _checked_by_train_config(cls, v: Any, info: ValidationInfo) -> Any:
+        if info.field_name in _TRAIN_FIELDS:
+            try:
+                TrainConfig(**{info.field_name: v})
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _k_fits_n(self) -> GridParams:
+        bad = [(k, n) for k in self.k for n in self.n_latents if k > n]
+        if bad:
+            k, n = bad[0]
+            raise ValueError(
+                f"k={k} is larger than n_latents={n}: a TopK SAE cannot select more latents "
+                "than it has (drop that k or that n)"
+            )
+        return self
+
+    def cells(self) -> list[tuple[int, int]]:
+        return [(k, n) for k in self.k for n in self.n_latents]
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**{name: getattr(self, name) for name in _train_names(type(self))})
+
+    def training_key(self) -> dict:
+        """What decides every cell's weights, besides its (k, n), the data and the code."""
+        return self.train_config().weight_key()
+
+    def mlflow_params(self) -> dict[str, str]:
+        """The training settings as MLflow params (the grid itself is logged as k, n)."""
+        return {k: str(v) for k, v in self.training_key().items()}
+
+
+def _train_names(model: type[BaseModel]) -> list[str]:
+    return [name for name in model.model_fields if name in _TRAIN_FIELDS]
+
+
+class SweepParams(GridParams):
+    """The grid per domain, trained on one data snapshot, recorded in MLflow."""
+
+    domains: list[str] = Field(
+        default=["cs.LG"],
+        min_length=1,
+        description=DOMAIN_HELP,
+        json_schema_extra={"argument": "DOMAIN"},
+    )
     embedder: str | None = Field(
-        default=None, description="'minilm', 'st:<model>' or 'openai:<model>'; None: SAE_EMBEDDER."
+        default=None,
+        description="'minilm', 'st:<model>' or 'openai:<model>'. Default: SAE_EMBEDDER.",
     )
     data_snapshot: str | None = Field(
         default=None,
-        description="Train on this existing snapshot id; None fixes one from what is embedded.",
+        description="Train on this existing snapshot id. Default: fix one from what is embedded.",
     )
     limit: int | None = Field(
         default=None, gt=0, description="Embed and train on at most this many papers per domain."
@@ -47,16 +137,10 @@ class SweepParams(BaseModel):
         description="A file or folder of papers to ingest first (any format `sae ingest` reads).",
     )
     gpus_per_pack: float | None = Field(
-        default=None, gt=0, le=8, description="GPU share of one pack; None: SAE_PACK_GPUS."
+        default=None, gt=0, le=8, description="GPU share of one pack. Default: SAE_PACK_GPUS."
     )
     n_packs: int | None = Field(
-        default=None, gt=0, description="Packs per domain; None: one per GPU (one on CPU)."
-    )
-    checkpoint_every_s: float = Field(
-        default=60.0,
-        ge=0,
-        description="Checkpoint at an epoch end once this long has passed since the last "
-        "one (a killed pack loses at most this much work); 0: every epoch.",
+        default=None, gt=0, description="Packs per domain. Default: one per GPU (one on CPU)."
     )
     champion_max_dead: float = Field(
         default=0.05,
@@ -78,33 +162,32 @@ class SweepParams(BaseModel):
             raise ValueError(f"domains repeat: {v} are {names}")
         return names
 
-    @field_validator("k", "n_latents")
+
+class MatrixParams(GridParams):
+    """The grid on one embedding matrix, without the pipeline (``sae train``)."""
+
+    data: str = Field(
+        default="synthetic",
+        description="'synthetic', or an [N, d] matrix file: .npy, .pt or .safetensors.",
+    )
+    limit: int | None = Field(default=None, gt=0, description="Use at most this many rows.")
+    domain: str = Field(
+        default="synthetic",
+        description="Label of the cells' names (a known domain in any spelling).",
+    )
+    run_id: str | None = Field(
+        default=None,
+        description="Output folder name. Default: derived from the data, the settings and "
+        "the code, so a rerun resumes.",
+    )
+
+    @field_validator("domain")
     @classmethod
-    def _positive_unique(cls, v: list[int]) -> list[int]:
-        if any(x <= 0 for x in v):
-            raise ValueError(f"values must be positive, got {v}")
-        return sorted(set(v))
-
-    @model_validator(mode="after")
-    def _k_fits_n(self) -> SweepParams:
-        bad = [(k, n) for k in self.k for n in self.n_latents if k > n]
-        if bad:
-            k, n = bad[0]
-            raise ValueError(
-                f"k={k} is larger than n_latents={n}: a TopK SAE cannot select more latents "
-                "than it has (drop that k or that n)"
-            )
-        return self
-
-    def cells(self) -> list[tuple[int, int]]:
-        return [(k, n) for k in self.k for n in self.n_latents]
-
-    def training_key(self) -> dict:
-        """What decides every cell's weights, besides its (k, n), the data and the code."""
-        return self.model_dump(include={"batch_size", "epochs", "lr", "seed"})
+    def _canonical_domain(cls, v: str) -> str:
+        return canonical_name(v)  # cs_lg and cs.LG cells: one name, csLG_{k}_{n}_{batch}
 
 
-def sweep_id(params: SweepParams, domain_slug: str, snapshot_id: str, code_version: str) -> str:
+def sweep_id(params: GridParams, domain_slug: str, snapshot_id: str, code_version: str) -> str:
     """Same training settings, data and code: the same id, so a rerun finds its finished
     cells, and a grid grown by a k or an n trains only the new cells."""
     key = json.dumps(

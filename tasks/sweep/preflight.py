@@ -9,18 +9,26 @@ from __future__ import annotations
 
 from infra.settings import Settings
 from infra.store import Store
-from tasks.corpus.domains import Domain, get_domain
+from sae.config import ConfigError
+from sae.data import DataError
+from tasks.corpus.domains import Domain, UnknownDomainError, get_domain
+from tasks.corpus.readers import SourceError, check_source
 from tasks.corpus.storage import corpus_dir
+from tasks.embed.embedders import EmbedderError, embedder_name
+from tasks.embed.run import EmptyCorpusError
+from tasks.embed.snapshot import snapshot_by_id
 from tasks.sweep.config import SweepInputError, SweepParams
+
+#: What the same input raises again: never retried, and ``sae`` exits 2 on it.
+BAD_INPUT: tuple[type[Exception], ...] = (
+    ConfigError, DataError, SweepInputError, SourceError, UnknownDomainError, EmbedderError,
+    EmptyCorpusError,
+)  # fmt: skip
 
 
 def check_sweep_inputs(params: SweepParams, settings: Settings, store: Store) -> None:
     """Raises SourceError (the source cannot be read), EmbedderError (a bad embedder
     name) or SweepInputError (a domain with no papers, an unknown data snapshot)."""
-    from tasks.corpus.readers import check_source
-    from tasks.embed.embedders import embedder_name
-    from tasks.embed.snapshot import snapshot_by_id
-
     if params.source:
         check_source(params.source)
     embedder = embedder_name(params.embedder or settings.embedder)

@@ -62,9 +62,10 @@ def ensure_embeddings(domain: str, embedder: str | None, up_to: int | None) -> d
 
 @task(name="fix-snapshot")
 def fix_data_snapshot(
-    domain: str, embedder: str, limit: int | None, pinned: str | None
+    domain: str, embedder: str, limit: int | None, pinned: str | None, batch_size: int
 ) -> Snapshot:
-    """The fixed set of papers (ids + text hashes) the sweep trains on, with its split."""
+    """The fixed set of papers (ids + text hashes) the sweep trains on, with its split;
+    refused when it holds fewer training papers than one batch."""
     from tasks.embed.snapshot import fix_snapshot, snapshot_by_id
     from tasks.sweep.preflight import unknown_snapshot
 
@@ -81,6 +82,12 @@ def fix_data_snapshot(
             f"data snapshot {snap.id} of {domain} has {snap.n_train} training and "
             f"{snap.n_eval} held-out papers; both must be > 0: embed more papers"
             + ("" if limit is None else f" or raise --limit ({limit})")
+        )
+    if snap.n_train < batch_size:
+        raise SweepInputError(
+            f"data snapshot {snap.id} of {domain} has {snap.n_train} training papers, fewer "
+            f"than one batch ({batch_size}): lower --batch-size or embed more papers"
+            + ("" if limit is None else f" (--limit {limit})")
         )
     return snap
 

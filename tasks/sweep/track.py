@@ -5,9 +5,10 @@ versions by their run id) before creating anything, so retries and reruns never
 duplicate a run or a version. A child run counts only once its ``complete`` tag is set;
 one left half-logged by a crash is deleted and logged again.
 
-Names: params ``k, n_latents, batch_size, lr, epochs, d_in, embedder, data_snapshot,
-code_version``; final metrics as in :class:`sae.metrics.EvalMetrics`; per-step metrics
-``train_loss, train_nmse, train_auxk_loss, dead_fraction, lr``.
+Names: params ``k, n_latents, d_in, embedder, data_snapshot, code_version`` and every
+training setting of :class:`tasks.sweep.config.GridParams` (``batch_size, lr, epochs,
+...``); final metrics as in :class:`sae.metrics.EvalMetrics`; per-step metrics
+``train_loss, train_nmse, train_auxk_loss, train_dead_fraction, lr``.
 
 Champion rule (one ``champion`` alias per domain): among the sweep's cells whose held-out
 dead fraction is at most ``champion_max_dead``, the lowest held-out NMSE; ties go to the
@@ -24,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.store import Store
+from sae.metrics import METRIC_NAMES
 from sae.trainer import STATE_FILE
 from tasks.sweep.train import CELL_FILES, DENSITY_FILE, HISTORY_FILE, CellRef, pull_cell
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-_FINAL_METRICS = ("nmse", "log_feature_density", "act_mean", "dead_fraction", "auxk_loss", "l0")
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
@@ -44,9 +45,8 @@ class SweepContext:
     data_snapshot: str
     embedder: str
     code_version: str
-    batch_size: int
-    lr: float
-    epochs: int
+    train_params: dict[str, str]
+    """The training settings (``GridParams.mlflow_params``)."""
     git_commit: str | None = None  # provenance only: the code_version is what decides
 
     def tags(self) -> dict[str, str]:
@@ -61,9 +61,7 @@ class SweepContext:
 
     def params(self) -> dict[str, str]:
         return {
-            "batch_size": str(self.batch_size),
-            "lr": str(self.lr),
-            "epochs": str(self.epochs),
+            **self.train_params,
             "embedder": self.embedder,
             "data_snapshot": self.data_snapshot,
             "code_version": self.code_version,
@@ -228,8 +226,7 @@ def _log_history(client, run_id: str, path: Path) -> None:
 
     if not path.is_file():
         return
-    # Older than the final metrics: "dead_fraction" is both, and the final one must win.
-    now = int(time.time() * 1000) - 1000
+    now = int(time.time() * 1000)
     metrics = [
         Metric(key, float(value), now, int(step))
         for step, values in sorted((int(s), m) for s, m in json.loads(path.read_text()).items())
@@ -243,7 +240,7 @@ def _log_final(client, run_id: str, ref: CellRef) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(ref.metrics[k]), now, ref.steps) for k in _FINAL_METRICS]
+    metrics = [Metric(k, float(ref.metrics[k]), now, ref.steps) for k in METRIC_NAMES]
     metrics.append(Metric("train_seconds", float(ref.seconds), now, ref.steps))
     client.log_batch(run_id, metrics=metrics)
 

@@ -9,19 +9,27 @@ in a scratch folder and copies each checkpoint up as soon as it is written.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from infra.code_version import code_version
 from infra.store import Store
-from sae.checkpoint import CFG_FILE, WEIGHTS_FILE
-from sae.trainer import METRICS_FILE, STATE_FILE
+from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, atomic_write_bytes
+from sae.config import RunInfo, SAEConfig, TrainConfig, cell_name
+from sae.kernels import choose_backend
+from sae.planner import plan_packs
+from sae.trainer import METRICS_FILE, STATE_FILE, LogFn, PackTrainer
 from tasks.corpus.domains import get_domain
 from tasks.embed.snapshot import Snapshot, load_snapshot
+from tasks.sweep.config import GridParams, MatrixParams, sweep_id
+from tasks.sweep.matrix import MatrixFile, matrix_file
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +46,62 @@ class PackSpec:
     sweep_id: str
     store_root: str
     storage_options: dict  # the endpoint only: credentials come from the worker's chain
-    domain: str
-    snapshot: Snapshot
     cells: list[tuple[int, int]]  # (k, n_latents)
-    batch_size: int
-    epochs: int
-    lr: float
-    seed: int
-    code_version: str
-    checkpoint_every_steps: int = 0
-    checkpoint_min_interval_s: float = 60.0
-    log_every_steps: int = 10
+    train: TrainConfig
+    run: RunInfo
+    data: Snapshot | MatrixFile
 
     def store(self) -> Store:
         return Store(self.store_root, self.storage_options)
 
     @property
+    def folder(self) -> str:
+        """Where the cells' folders go, relative to the store root."""
+        return sweep_folder(self.sweep_id)
+
+    def with_cells(self, cells: list[tuple[int, int]]) -> PackSpec:
+        return replace(self, cells=cells)
+
+    @property
     def label(self) -> str:
         """``train-k32-n9216`` (one cell) or ``train-k32-n9216+k16-n3072``."""
         return "train-" + "+".join(f"k{k}-n{n}" for k, n in self.cells)
+
+
+def sweep_pack(
+    params: GridParams, sweep_id: str, store: Store, snapshot: Snapshot, code_version: str
+) -> PackSpec:
+    """Every cell of ``params`` on a data snapshot (the planner splits it into packs)."""
+    run = RunInfo(
+        embedder=snapshot.embedder,
+        data_snapshot=snapshot.id,
+        domain=snapshot.domain,
+        code_version=code_version,
+    )
+    return PackSpec(
+        sweep_id, store.root, store.storage_options, params.cells(), params.train_config(),
+        run, snapshot,
+    )  # fmt: skip
+
+
+def matrix_pack(params: MatrixParams, store: Store) -> PackSpec:
+    """Every cell of ``params`` on one matrix file (``sae train``); the run id, unless
+    given, follows from the data, the training settings and the code, as a sweep id."""
+    data = matrix_file(params.data, params.limit, params.seed)
+    version = code_version()
+    run = RunInfo(
+        embedder=data.embedder, data_snapshot=data.id, domain=params.domain, code_version=version
+    )
+    run_id = params.run_id or sweep_id(params, "train", data.id, version)
+    return PackSpec(
+        run_id, store.root, store.storage_options, params.cells(), params.train_config(), run, data
+    )
+
+
+def plan(spec: PackSpec, cells: list[tuple[int, int]], n_packs: int) -> list[PackSpec]:
+    """``cells`` of ``spec`` split into at least ``n_packs`` packs balanced by cost."""
+    packs = plan_packs(cells, n_packs, spec.train.batch_size)
+    return [spec.with_cells(p.cells) for p in packs]
 
 
 @dataclass(frozen=True)
@@ -75,18 +120,31 @@ class CellRef:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def row(self) -> dict:
+        """The cell as a row of :func:`tasks.sweep.results.results_table`."""
+        return {"cell": self.cell, "k": self.k, "n_latents": self.n_latents, **self.metrics,
+                "seconds": self.seconds}  # fmt: skip
 
-def sweep_folder(sweep_id: str) -> str:
-    return f"sae/{sweep_id}"
+
+def compute_info() -> list[tuple[str, str]]:
+    """The device training runs on and the sparse kernels' backend (``sae info``)."""
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)"
+    else:
+        device = f"cpu ({torch.get_num_threads()} threads)"
+    backend = choose_backend()
+    return [("device", device), ("kernels", f"{backend.name} ({backend.reason})")]
+
+
+def sweep_folder(run_id: str) -> str:
+    return f"sae/{run_id}"
 
 
 def finished_cells(store: Store, spec: PackSpec) -> dict[str, CellRef]:
     """Cells of ``spec`` already done in the store (their metrics.json exists)."""
-    from sae.config import cell_name
-
     done = {}
     for k, n in spec.cells:
-        name = cell_name(spec.domain, k, n, spec.batch_size)
+        name = _name(spec, k, n)
         folder = f"{sweep_folder(spec.sweep_id)}/{name}"
         try:
             payload = store.read_json(f"{folder}/{METRICS_FILE}")
@@ -106,21 +164,19 @@ def finished_cells(store: Store, spec: PackSpec) -> dict[str, CellRef]:
     return done
 
 
-def train_pack(spec: PackSpec, store: Store, scratch: Path, device: str) -> list[CellRef]:
-    """Train the cells of ``spec`` that are not done yet; return every cell's reference."""
-    import torch
+def train_pack(
+    spec: PackSpec, store: Store, scratch: Path, device: str, on_log: LogFn | None = None
+) -> list[CellRef]:
+    """Train the cells of ``spec`` that are not done yet; return every cell's reference.
 
-    from sae.config import RunInfo, SAEConfig, TrainConfig
-    from sae.trainer import PackTrainer
-    from tasks.sweep.plots import feature_densities
-
+    ``on_log(cell, step, metrics)`` sees the training metrics as they are logged.
+    """
     done = finished_cells(store, spec)
     todo = [(k, n) for k, n in spec.cells if _name(spec, k, n) not in done]
     if not todo:
         return [done[_name(spec, k, n)] for k, n in spec.cells]
 
-    domain = get_domain(spec.domain)
-    x_train, x_eval = load_snapshot(store, domain, spec.snapshot)
+    x_train, x_eval = _load(spec, store)
     out_dir = _work_dir(store, spec, scratch)
     names = [_name(spec, k, n) for k, n in todo]
     if not store.is_local:
@@ -130,8 +186,10 @@ def train_pack(spec: PackSpec, store: Store, scratch: Path, device: str) -> list
 
     history: dict[str, dict[int, dict[str, float]]] = {n: _read_history(out_dir / n) for n in names}
 
-    def on_log(name: str, step: int, metrics: dict[str, float]) -> None:
+    def log_step(name: str, step: int, metrics: dict[str, float]) -> None:
         history[name][step] = metrics
+        if on_log is not None:
+            on_log(name, step, metrics)
 
     def on_checkpoint(dirs: list[Path]) -> None:
         for d in dirs:
@@ -139,36 +197,21 @@ def train_pack(spec: PackSpec, store: Store, scratch: Path, device: str) -> list
             if not store.is_local:
                 _push(d, store, f"{sweep_folder(spec.sweep_id)}/{d.name}")
 
-    d_in = x_train.shape[1]
     trainer = PackTrainer(
-        [SAEConfig(d_in=d_in, n_latents=n, k=k) for k, n in todo],
-        TrainConfig(
-            batch_size=spec.batch_size,
-            lr=spec.lr,
-            epochs=spec.epochs,
-            seed=spec.seed,
-            checkpoint_every_steps=spec.checkpoint_every_steps,
-            log_every_steps=spec.log_every_steps,
-        ),
-        run=RunInfo(
-            embedder=spec.snapshot.embedder,
-            data_snapshot=spec.snapshot.id,
-            domain=spec.domain,
-            code_version=spec.code_version,
-        ),
+        [SAEConfig(d_in=x_train.shape[1], n_latents=n, k=k) for k, n in todo],
+        spec.train,
+        run=spec.run,
         out_dir=out_dir,
         device=device,
-        on_log=on_log,
+        on_log=log_step,
         on_checkpoint=on_checkpoint,
-        checkpoint_min_interval_s=spec.checkpoint_min_interval_s,
     )
     log.info("%s: training %d cell(s) on %d x %d", spec.label, len(todo), *x_train.shape)
-    results = trainer.fit(torch.from_numpy(x_train), torch.from_numpy(x_eval))
-    x_eval_t = torch.from_numpy(x_eval)
+    results = trainer.fit(x_train, x_eval)
     for r in results:
-        density = feature_densities(trainer.model(r.name), x_eval_t)
         d = out_dir / r.name
-        _atomic_bytes(d / DENSITY_FILE, _npy_bytes(density))
+        if r.density is not None:  # the final evaluation's; None only for older states
+            atomic_write_bytes(d / DENSITY_FILE, _npy_bytes(r.density))
         # Written after the trainer's final checkpoint, so copy metrics.json up last again.
         on_checkpoint([d])
     if not store.is_local:
@@ -177,10 +220,16 @@ def train_pack(spec: PackSpec, store: Store, scratch: Path, device: str) -> list
     return [done[_name(spec, k, n)] for k, n in spec.cells]
 
 
-def _name(spec: PackSpec, k: int, n: int) -> str:
-    from sae.config import cell_name
+def _load(spec: PackSpec, store: Store) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(train, eval) rows; a matrix file has no eval split (the trainer holds one out)."""
+    if isinstance(spec.data, MatrixFile):
+        return spec.data.load(), None
+    x_train, x_eval = load_snapshot(store, get_domain(spec.run.domain), spec.data)
+    return torch.from_numpy(x_train), torch.from_numpy(x_eval)
 
-    return cell_name(spec.domain, k, n, spec.batch_size)
+
+def _name(spec: PackSpec, k: int, n: int) -> str:
+    return cell_name(spec.run.domain, k, n, spec.train.batch_size)
 
 
 def _work_dir(store: Store, spec: PackSpec, scratch: Path) -> Path:
@@ -197,7 +246,7 @@ def pull_cell(store: Store, folder: str, local: Path, names: tuple[str, ...] = C
             data = store.read_bytes(f"{folder}/{name}")
         except FileNotFoundError:
             continue
-        _atomic_bytes(local / name, data)
+        atomic_write_bytes(local / name, data)
     return local
 
 
@@ -218,18 +267,10 @@ def _read_history(folder: Path) -> dict[int, dict[str, float]]:
 def _write_history(folder: Path, history: dict[int, dict[str, float]]) -> None:
     # Keyed by step: a resumed cell logs the same steps again with the same values.
     payload = {str(s): history[s] for s in sorted(history)}
-    _atomic_bytes(folder / HISTORY_FILE, json.dumps(payload).encode())
+    atomic_write_bytes(folder / HISTORY_FILE, json.dumps(payload).encode())
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, np.asarray(array, dtype=np.float32))
     return buf.getvalue()
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    from sae.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, data)

@@ -2,10 +2,13 @@
 
 import numpy as np
 import pytest
+import typer
 from typer.testing import CliRunner
 
+from flows import cli
 from flows.cli import app
-from sae import TopKSAE
+from sae import TopKSAE, TrainConfig
+from tasks.sweep.config import MatrixParams, SweepParams
 
 runner = CliRunner()
 
@@ -55,5 +58,54 @@ def test_train_on_a_file_writes_loadable_checkpoints_and_resumes(tmp_path, monke
 def test_train_rejects_bad_input_with_a_named_error(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", "--limit", "100", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.parametrize(("command", "model"), [("sweep", SweepParams), ("train", MatrixParams)])
+def test_the_options_are_the_parameter_model(command, model):
+    """One declaration: every field is an option (or the argument) with the model's default
+    and help, and nothing else is."""
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    assert set(params) == set(model.model_fields)
+    for name, field in model.model_fields.items():
+        default = params[name].default
+        if isinstance(field.default, list):
+            assert default == ",".join(map(str, field.default)), name
+        else:
+            assert getattr(default, "value", default) == field.default, name
+        assert field.description and field.description in (params[name].help or ""), name
+    assert "--n" in params["n_latents"].opts
+
+
+def test_the_sweep_command_builds_the_flow_parameters(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_run_sweep", lambda params: seen.append(params) or [])
+    args = ["sweep", "cs_lg,astroPH", "--k", "32,16", "--n", "3072", "--lr", "3e-4"]
+    args += ["--lr-schedule", "cosine", "--compute-dtype", "bfloat16", "--limit", "500"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    want = SweepParams(
+        domains=["cs.LG", "astro-ph"], k=[16, 32], n_latents=[3072], lr=3e-4,
+        lr_schedule="cosine", compute_dtype="bfloat16", limit=500,
+    )  # fmt: skip
+    assert seen == [want]
+    assert want.train_config().compute_dtype == "bfloat16"
+    assert SweepParams().train_config() == TrainConfig()  # the library's defaults
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--k", "16,x"], "--k takes comma-separated integers"),
+        (["--lr", "0"], "--lr: lr must be positive"),
+        (["--lr-schedule", "linear"], "'linear' is not one of"),
+        (["--batch-size", "-1"], "--batch-size: batch_size must be a positive integer"),
+        (["nope.XY"], "DOMAIN: unknown domain"),
+    ],
+)
+def test_bad_sweep_options_are_named(args, message, monkeypatch):
+    monkeypatch.setattr(cli, "_run_sweep", lambda params: pytest.fail("must not run"))
+    result = runner.invoke(app, ["sweep", *args])
     assert result.exit_code == 2
     assert message in result.output

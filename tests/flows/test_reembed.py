@@ -407,6 +407,10 @@ def test_the_next_sweep_trains_on_the_new_papers(server):
 
     server.api_entries += [paper(i, 6) for i in range(40, 50)]
     assert run()["embedded"] == 10
+    # Fewer training papers than one batch: refused before any training, named.
+    too_big = SweepParams(domains=["cs.LG"], embedder=EMBEDDER, k=[2], n_latents=[8], batch_size=64)
+    with pytest.raises(SweepInputError, match=r"49 training papers, fewer than one batch \(64\)"):
+        sweep(too_big)
     before, before_snap, before_ids = sweep_once()
     assert before_ids == [f"2601.{i:05d}" for i in range(50)]
 

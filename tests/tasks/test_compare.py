@@ -189,10 +189,10 @@ def test_other_metrics(tracking):
 
 def test_the_metric_names_are_evalmetrics_fields():
     from sae.metrics import METRIC_NAMES
-    from tasks.sweep import compare
+    from tasks.sweep import compare, results
 
     # A header and a format for each held-out metric, and for nothing else.
-    assert set(compare._METRIC_COLUMNS) == set(METRIC_NAMES)
+    assert set(results.METRIC_COLUMNS) == set(METRIC_NAMES)
     assert set(compare.DEFAULT_METRICS) <= set(METRIC_NAMES)
 
 
