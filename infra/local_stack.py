@@ -70,23 +70,6 @@ _RUN_SERVER_OFF = (
     "PREFECT_UI_ENABLED",
 )
 
-# `python -c _TIED module args...` runs `python -m module args...` with a thread that stops
-# the server's process group once its stdin reads end-of-file. Its stdin is a pipe whose
-# other end only the starting process holds, and the kernel closes that end when the
-# process exits however it exits (SIGKILL, the OOM killer): the server dies with it.
-_TIED = """\
-import os, runpy, signal, sys, threading, time
-def watch():
-    while os.read(0, 1):
-        pass
-    os.killpg(0, signal.SIGTERM)
-    time.sleep(10)
-    os.killpg(0, signal.SIGKILL)
-threading.Thread(target=watch, daemon=True).start()
-del sys.argv[0]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-"""
-
 
 class StackError(RuntimeError):
     """A local server did not start, or a configured one cannot be reached."""
@@ -184,7 +167,7 @@ class Server:
 
     ``url`` is its base address (the UI), ``api_url`` what clients are given (Prefect's
     ends in ``/api``), ``health_url`` what answers 200 once it serves. ``tie`` is the
-    write end of a tied server's stdin (see ``_TIED``), closed once it has stopped.
+    write end of a tied server's stdin (see infra.tied), closed once it has stopped.
     """
 
     name: str
@@ -263,13 +246,13 @@ def _spawn(
     tied: bool = False,
 ) -> Server:
     """Starts ``python -m {module_argv}`` in its own session, its output in its log (which
-    it holds an flock on while it runs); ``tied``: it dies with this process (``_TIED``)."""
+    it holds an flock on while it runs); ``tied``: it dies with this process (infra.tied)."""
     if not port_is_free(port):
         # Checked here: a server already answering there would pass our health check.
         raise StackError(f"port {port} on {HOST} is in use: the {name} server cannot listen there")
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, *(["-c", _TIED] if tied else ["-m"]), *module_argv]
+    argv = [sys.executable, "-m", *(["infra.tied"] if tied else []), *module_argv]
     stdin, tie = os.pipe() if tied else (subprocess.DEVNULL, None)
     try:
         with _fresh_log(home, log_name or name) as out:
