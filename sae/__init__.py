@@ -6,29 +6,43 @@ notebook without Prefect, Ray or MLflow.
     from sae import SAEConfig, TopKSAE, TrainConfig, PackTrainer
 """
 
-from sae.checkpoint import CheckpointError, load_released, load_sae, save_sae
-from sae.config import ConfigError, RunInfo, SAEConfig, TrainConfig, cell_name
-from sae.data import DataError
-from sae.metrics import EvalMetrics, Evaluation, evaluate
-from sae.model import SAEOutput, TopKSAE
-from sae.trainer import CellResult, PackTrainer
+from __future__ import annotations
 
-__all__ = [
-    "CellResult",
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "EvalMetrics",
-    "Evaluation",
-    "PackTrainer",
-    "RunInfo",
-    "SAEConfig",
-    "SAEOutput",
-    "TopKSAE",
-    "TrainConfig",
-    "cell_name",
-    "evaluate",
-    "load_released",
-    "load_sae",
-    "save_sae",
-]
+import importlib
+from typing import Any
+
+# The names below load on first use: `sae.config` alone (what the `sae` command line
+# reads its options from) must not import torch, which takes 3-6 s on 2 cores.
+_EXPORTS = {
+    "CheckpointError": "sae.checkpoint",
+    "load_released": "sae.checkpoint",
+    "load_sae": "sae.checkpoint",
+    "save_sae": "sae.checkpoint",
+    "ConfigError": "sae.config",
+    "RunInfo": "sae.config",
+    "SAEConfig": "sae.config",
+    "TrainConfig": "sae.config",
+    "cell_name": "sae.config",
+    "DataError": "sae.data",
+    "EvalMetrics": "sae.metrics",
+    "Evaluation": "sae.metrics",
+    "evaluate": "sae.metrics",
+    "SAEOutput": "sae.model",
+    "TopKSAE": "sae.model",
+    "CellResult": "sae.trainer",
+    "PackTrainer": "sae.trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

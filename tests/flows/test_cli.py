@@ -1,5 +1,8 @@
 """The `sae` command line, run in-process through Typer's runner."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import typer
@@ -109,3 +112,14 @@ def test_bad_sweep_options_are_named(args, message, monkeypatch):
     result = runner.invoke(app, ["sweep", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_the_command_line_starts_without_torch_prefect_ray_or_mlflow():
+    """`sae --help`, `sae ingest` and the options built from the parameter models must not
+    pay for the heavy imports (3-12 s on 2 cores); the commands import what they use."""
+    code = (
+        "import sys, flows.cli; "
+        "print(sorted(m for m in ('torch', 'prefect', 'ray', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
