@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from flows.cli_common import (
     bug,
@@ -23,7 +24,13 @@ from flows.cli_common import (
     setup_logging,
     validation_message,
 )
+from infra.local_stack import StackError, check_mlflow, prefect_for_run
+from infra.ray_runtime import RayUnavailableError
+from infra.settings import get_settings
+from infra.store import Store, StoreError
+from infra.tracking import TrackingUnavailableError
 from tasks.corpus.domains import DOMAIN_HELP
+from tasks.embed.embedders import EmbedderError
 
 EXIT_PARTIAL = 1
 EXIT_BAD_INPUT = 2
@@ -64,9 +71,8 @@ def reembed_command(
     Exits 0 when done, 1 when some papers could not be embedded (rerun to finish),
     2 on bad input or an unreachable service, 3 when another re-embed of DOMAIN runs.
     """
-    from pydantic import ValidationError
 
-    from tasks.reembed import ReembedParams
+    from tasks.reembed import ReembedParams  # the package holds its Prefect steps: seconds
 
     setup_logging(own_handler=False)
     if source not in ("api", "oai"):
@@ -94,14 +100,9 @@ def run_reembed(params) -> dict:
     for each failure."""
     from prefect.exceptions import CancelledRun
 
-    from infra.local_stack import StackError, check_mlflow, prefect_for_run
-    from infra.ray_runtime import RayUnavailableError
-    from infra.settings import get_settings
-    from infra.store import Store, StoreError
-    from infra.tracking import TrackingUnavailableError
+    # polars, Prefect and MLflow: seconds that the rest of `sae` should not pay.
     from tasks.corpus.harvest import HarvestError
     from tasks.corpus.storage import WatermarkError
-    from tasks.embed.embedders import EmbedderError
     from tasks.embed.manifest import EmbeddingStoreError
     from tasks.embed.run import EmbedFailedError
     from tasks.reembed import LeaseError, LeaseLostError, ReembedIncompleteError

@@ -23,12 +23,26 @@ import time
 from datetime import date
 from typing import Any
 
+import polars as pl
+from mlflow.entities import Metric, Param, RunTag
 from prefect import task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NONE as NO_CACHE
 
 from infra.settings import get_settings
 from infra.store import Store
+from infra.tracking import ensure_experiment, mlflow_client
 from tasks.corpus.domains import Domain, get_domain
+from tasks.corpus.harvest import HarvestConfig, HarvestStats
+from tasks.corpus.ingest import harvest, harvest_window
+from tasks.corpus.storage import WatermarkError, read_papers, read_watermark, write_watermark
+from tasks.embed.embedders import embedder_name
+from tasks.embed.manifest import Namespace
+from tasks.embed.run import EmptyCorpusError, embed_domain, paper_texts, pending_papers
 from tasks.reembed.lease import ReembedIncompleteError, check_owner
 
 log = logging.getLogger(__name__)
@@ -47,9 +61,6 @@ def harvest_new(
     Raises WatermarkError (naming the file) for a corrupt or future watermark, and
     HarvestError once the endpoint's retries are spent; what arrived before is kept.
     """
-    from tasks.corpus.harvest import HarvestConfig, HarvestStats
-    from tasks.corpus.ingest import harvest, harvest_window
-    from tasks.corpus.storage import WatermarkError, read_watermark
 
     settings = get_settings()
     store, dom = _store(), get_domain(domain)
@@ -97,10 +108,6 @@ def harvest_new(
 @task(name="embed-new", cache_policy=NO_CACHE)
 def embed_new(domain: str, embedder: str) -> dict:
     """Embed the corpus papers without a vector for this exact text (one Ray task per shard)."""
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-    from tasks.embed.embedders import embedder_name
-    from tasks.embed.run import EmptyCorpusError, embed_domain
 
     settings = get_settings()
     store, dom = _store(), get_domain(domain)
@@ -138,12 +145,6 @@ def move_watermark(domain: str, since: date, until: date, embedder: str, lease_o
     The vectors are checked in the manifest as read back from the store (what a reader
     and the next sweep will see), not in what the embed step reported.
     """
-    import polars as pl
-
-    from tasks.corpus.storage import read_papers, write_watermark
-    from tasks.embed.embedders import embedder_name
-    from tasks.embed.manifest import Namespace
-    from tasks.embed.run import paper_texts, pending_papers
 
     store, dom = _store(), get_domain(domain)
     check_owner(store, dom, lease_owner)
@@ -165,7 +166,6 @@ def move_watermark(domain: str, since: date, until: date, embedder: str, lease_o
 
 
 def _current_mark(store: Store, dom: Domain) -> str | None:
-    from tasks.corpus.storage import WatermarkError, read_watermark
 
     try:
         mark = read_watermark(store, dom)
@@ -212,10 +212,6 @@ def summary_markdown(summary: dict) -> str:
 def record_summary(summary: dict, flow_run_id: str | None = None) -> dict:
     """The summary as a Prefect markdown artifact and a small MLflow run in the domain's
     experiment (tags run_kind=reembed and domain; the counts as metrics)."""
-    from mlflow.entities import Metric, Param, RunTag
-    from prefect.artifacts import create_markdown_artifact
-
-    from infra.tracking import ensure_experiment, mlflow_client
 
     dom = get_domain(summary["domain"])
     settings = get_settings()

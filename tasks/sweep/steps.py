@@ -11,14 +11,23 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+import ray
+import torch
 from prefect import task
 
 from infra.settings import get_settings
 from infra.store import Store
+from infra.tracking import mlflow_client
 from tasks.corpus.domains import get_domain
-from tasks.embed.snapshot import Snapshot
+from tasks.corpus.ingest import ingest_source
+from tasks.corpus.storage import read_papers
+from tasks.embed.run import embed_domain
+from tasks.embed.snapshot import Snapshot, fix_snapshot, snapshot_by_id
 from tasks.sweep.config import SweepInputError
-from tasks.sweep.train import CellRef, PackSpec
+from tasks.sweep.plots import density_histograms, pareto_plot, training_curves
+from tasks.sweep.preflight import no_papers, unknown_snapshot
+from tasks.sweep.track import load_density, load_history, log_cell, register_cell
+from tasks.sweep.train import CellRef, PackSpec, train_pack
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +39,6 @@ def _store() -> Store:
 @task(name="ensure-corpus")
 def ensure_corpus(domain: str, source: str | None) -> dict:
     """Ingest ``source`` (when given) and check the domain has papers."""
-    from tasks.corpus.ingest import ingest_source
-    from tasks.corpus.storage import read_papers
-    from tasks.sweep.preflight import no_papers
-
     store, dom = _store(), get_domain(domain)
     counts: dict = {}
     if source:
@@ -49,8 +54,6 @@ def ensure_corpus(domain: str, source: str | None) -> dict:
 @task(name="ensure-embeddings")
 def ensure_embeddings(domain: str, embedder: str | None, up_to: int | None) -> dict:
     """Embed the papers that have no vector yet (at most until ``up_to`` are embedded)."""
-    from tasks.embed.run import embed_domain
-
     settings = get_settings()
     report = embed_domain(
         _store(), get_domain(domain), settings=settings, spec=embedder, up_to=up_to
@@ -66,9 +69,6 @@ def fix_data_snapshot(
 ) -> Snapshot:
     """The fixed set of papers (ids + text hashes) the sweep trains on, with its split;
     refused when it holds fewer training papers than one batch."""
-    from tasks.embed.snapshot import fix_snapshot, snapshot_by_id
-    from tasks.sweep.preflight import unknown_snapshot
-
     store, dom = _store(), get_domain(domain)
     if pinned:
         snap = snapshot_by_id(store, dom, embedder, pinned)
@@ -96,12 +96,8 @@ def fix_data_snapshot(
 def train_pack_task(spec: PackSpec) -> list[dict]:
     """One Ray task: train the pack's unfinished cells, resuming from their checkpoints
     (Ray runs it again if its worker dies: the ``max_retries`` of ``pack_resources``)."""
-    import torch
-
-    from tasks.sweep.train import train_pack
-
     settings = get_settings()
-    _use_assigned_cpus(torch)
+    _use_assigned_cpus()
     refs = train_pack(spec, spec.store(), settings.home / "scratch", settings.torch_device())
     return [r.as_dict() for r in refs]
 
@@ -109,9 +105,6 @@ def train_pack_task(spec: PackSpec) -> list[dict]:
 @task(name="log-cell", task_run_name="log-k{k}-n{n_latents}")
 def log_cell_task(ctx, parent_id: str, ref: dict, k: int, n_latents: int) -> dict:
     """The cell's child run and registered model version (each created once)."""
-    from infra.tracking import mlflow_client
-    from tasks.sweep.track import log_cell, register_cell
-
     client = mlflow_client(get_settings())
     cell = CellRef(**ref)
     run_id = log_cell(client, _store(), ctx, parent_id, cell)
@@ -121,9 +114,6 @@ def log_cell_task(ctx, parent_id: str, ref: dict, k: int, n_latents: int) -> dic
 
 def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> list[Path]:
     """The parent run's plots: the NMSE-vs-k frontier, densities, training curves."""
-    from tasks.sweep.plots import density_histograms, pareto_plot, training_curves
-    from tasks.sweep.track import load_density, load_history
-
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"k": r.k, "n_latents": r.n_latents, **r.metrics} for r in refs]
     paths = [pareto_plot(rows, out / "nmse_vs_k.png", domain=domain)]
@@ -141,10 +131,8 @@ def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> lis
     return paths
 
 
-def _use_assigned_cpus(torch) -> None:
+def _use_assigned_cpus() -> None:
     # Ray sets OMP_NUM_THREADS=1 in workers; a CPU pack should use the cores it was given.
-    import ray
-
     if ray.is_initialized():
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         if cpus:

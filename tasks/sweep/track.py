@@ -17,19 +17,29 @@ smaller k, then the smaller n. If no cell qualifies, the lowest NMSE overall.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from infra.code_version import package_requirements
 from infra.store import Store
+from infra.tracking import NOTE_TAG
 from sae.metrics import METRIC_NAMES
+from sae.model import TopKSAE
 from sae.trainer import STATE_FILE
 from tasks.sweep.train import CELL_FILES, DENSITY_FILE, HISTORY_FILE, CellRef, pull_cell
 
 log = logging.getLogger(__name__)
+# MLflow itself is imported where it is used: a Ray worker that trains a pack imports this
+# module (through tasks.sweep.steps) and never logs to MLflow; the import costs 2-4 s.
 
 CHAMPION = "champion"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
@@ -177,8 +187,6 @@ def set_champion(client, ctx: SweepContext, ref: CellRef, version: str, run_ids:
 def log_summary(client, parent_id: str, table_md: str, rows: list[dict], plots: list[Path]):
     """Results table, rows, plots and headline metrics on the parent run; the table is also
     its description, so the UI shows it on the run's page."""
-    from infra.tracking import NOTE_TAG
-
     client.set_tag(parent_id, NOTE_TAG, f"Held-out metrics per cell (`*`: champion).\n\n{table_md}")
     client.log_text(parent_id, table_md, "results.md")
     client.log_dict(parent_id, {"cells": rows}, "results.json")
@@ -198,10 +206,6 @@ def load_history(store: Store, ref: CellRef) -> list[tuple[int, dict[str, float]
 
 
 def load_density(store: Store, ref: CellRef):
-    import io
-
-    import numpy as np
-
     try:
         return np.load(io.BytesIO(store.read_bytes(f"{ref.folder}/{DENSITY_FILE}")))
     except FileNotFoundError:
@@ -220,8 +224,6 @@ def _log_params(client, run_id: str, params: dict) -> None:
 
 
 def _log_history(client, run_id: str, path: Path) -> None:
-    import json
-
     from mlflow.entities import Metric
 
     if not path.is_file():
@@ -247,12 +249,7 @@ def _log_final(client, run_id: str, ref: CellRef) -> None:
 
 def _log_model(run_id: str, local: Path) -> str:
     """Logs the SAE as an MLflow pytorch model; returns its model id."""
-    import warnings
-
     import mlflow
-
-    from infra.code_version import package_requirements
-    from sae.model import TopKSAE
 
     model = TopKSAE.load(local)
     mlflow_pytorch_log = logging.getLogger("mlflow.pytorch")
