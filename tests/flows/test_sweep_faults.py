@@ -35,12 +35,12 @@ def _sweep(*args: str):
 def no_flow(monkeypatch):
     """Fails the command under test if it gets as far as starting a Prefect server, which
     every flow run needs; tracebacks off whatever the caller's environment says."""
-    import infra.local_stack
+    import flows.cli
 
     def refuse(*args, **kwargs):
         raise AssertionError("a Prefect server, and so a flow run, was started")
 
-    monkeypatch.setattr(infra.local_stack, "prefect_for_run", refuse)
+    monkeypatch.setattr(flows.cli, "prefect_for_run", refuse)
     monkeypatch.setenv("SAE_DEBUG", "0")
 
 
@@ -64,11 +64,11 @@ def _refused(result, *words: str) -> None:
         (["--embedder", "word2vec"], ["unknown embedder spec"]),
         (["--k", ""], ["--k is empty"]),
         (["--k", "4,x"], ["--k takes comma-separated integers"]),
-        (["--k", "0"], ["--k: values must be positive"]),
+        (["--k", "0"], ["--k: k must be positive"]),
         (["--k", "64", "--n", "32"], ["k=64 is larger than n_latents=32", "drop that k"]),
-        (["--lr", "0"], ["--lr: Input should be greater than 0"]),
-        (["--epochs", "0"], ["--epochs: Input should be greater than 0"]),
-        (["--batch-size=-16"], ["--batch-size: Input should be greater than 0"]),
+        (["--lr", "0"], ["--lr: lr must be positive"]),
+        (["--epochs", "0"], ["--epochs: epochs must be a positive integer"]),
+        (["--batch-size=-16"], ["--batch-size: batch_size must be a positive integer"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_any_flow_starts(args, words, no_flow, tmp_path):
@@ -184,15 +184,13 @@ def test_the_real_command_refuses_bad_input_in_one_line(tmp_path, args, message)
 def test_a_bug_is_one_line_and_its_traceback_goes_to_the_log_or_with_debug(monkeypatch, tmp_path):
     import contextlib
 
+    import flows.cli
     import flows.sweep
-    import infra.local_stack
 
     def broken(params):
         raise RuntimeError("a bug in the flow")
 
-    monkeypatch.setattr(
-        infra.local_stack, "prefect_for_run", lambda *a, **kw: contextlib.nullcontext()
-    )
+    monkeypatch.setattr(flows.cli, "prefect_for_run", lambda *a, **kw: contextlib.nullcontext())
     monkeypatch.setattr(flows.sweep, "sweep", broken)
     monkeypatch.setenv("SAE_DEBUG", "0")
     papers = tmp_path / "papers.jsonl"
