@@ -10,6 +10,7 @@ positional argument (``json_schema_extra={"argument": "DOMAIN"}``) or extra flag
 
 from __future__ import annotations
 
+import datetime
 import enum
 import inspect
 import types
@@ -27,12 +28,12 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def model_command(
-    app: typer.Typer, model: type[M], name: str, *, skip: tuple[str, ...] = ()
+    app: typer.Typer, model: type[M], name: str
 ) -> Callable[[Callable[[M], None]], Callable[[M], None]]:
     """Register ``run(params)`` as command ``name``, its options made from ``model``."""
 
     def register(run: Callable[[M], None]) -> Callable[[M], None]:
-        fields = {n: f for n, f in model.model_fields.items() if n not in skip}
+        fields = dict(model.model_fields)
         arguments = {n: _extra(f).get("argument") for n, f in fields.items()}
         order = sorted(fields, key=lambda n: arguments[n] is None)  # arguments first
 
@@ -66,12 +67,17 @@ def _flag(name: str, argument: str | None) -> str:
 
 def _parameter(name: str, field: FieldInfo, argument: str | None) -> inspect.Parameter:
     kind, optional = _kind(field.annotation)
-    default = field.default
+    default = inspect.Parameter.empty if field.is_required() else field.default
     help = field.description or ""
     if kind is list:
         cli_type: Any = str
         help = f"{help} Comma-separated."
         default = ",".join(map(str, default)) if default is not None else None
+    elif kind is datetime.date:
+        cli_type = str
+        help = f"{help} YYYY-MM-DD."
+    elif argument is not None:
+        cli_type = str  # the model checks it: an argument may be spelled many ways
     elif typing.get_origin(kind) is typing.Literal:
         choices = [str(c) for c in typing.get_args(kind)]
         cli_type = enum.StrEnum(name, {c: c for c in choices})  # typer shows the choices
@@ -109,7 +115,13 @@ def _kind(annotation: Any) -> tuple[Any, bool]:
 def _parse(field: FieldInfo, value: Any, flag: str) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
-    if value is None or _kind(field.annotation)[0] is not list:
+    kind = _kind(field.annotation)[0]
+    if value is not None and kind is datetime.date:
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            raise fail(f"{flag} takes YYYY-MM-DD, got {value!r}") from None
+    if value is None or kind is not list:
         return value
     items = [v.strip() for v in str(value).split(",") if v.strip()]
     if not items:

@@ -24,10 +24,8 @@ from prefect.states import Cancelled, State
 
 from infra.settings import get_settings
 from infra.store import Store
-from tasks.reembed import (
-    ReembedBusyError,
-    ReembedParams,
-    acquire_lease,
+from tasks.reembed import ReembedBusyError, ReembedParams, acquire_lease
+from tasks.reembed.steps import (
     embed_new,
     harvest_new,
     move_watermark,

@@ -10,27 +10,23 @@ Also runnable on its own: ``python -m flows.reembed_cli reembed cs.LG``.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
-from pydantic import ValidationError
 
 from flows.cli_common import (
     bug,
     debug,
     fail,
-    parse_date,
     quiet_prefect_console,
     setup_logging,
-    validation_message,
 )
+from flows.cli_params import model_command
 from infra.local_stack import StackError, check_mlflow, prefect_for_run
 from infra.ray_runtime import RayUnavailableError
 from infra.settings import get_settings
 from infra.store import Store, StoreError
 from infra.tracking import TrackingUnavailableError
-from tasks.corpus.domains import DOMAIN_HELP
 from tasks.embed.embedders import EmbedderError
+from tasks.reembed import LeaseError, LeaseLostError, ReembedIncompleteError, ReembedParams
 
 EXIT_PARTIAL = 1
 EXIT_BAD_INPUT = 2
@@ -39,26 +35,10 @@ EXIT_BUSY = 3
 
 def register(app: typer.Typer) -> None:
     """Adds ``reembed`` to the ``sae`` app."""
-    app.command(name="reembed")(reembed_command)
+    model_command(app, ReembedParams, "reembed")(reembed_command)
 
 
-def reembed_command(
-    domain: Annotated[str, typer.Argument(help=DOMAIN_HELP)],
-    since: Annotated[
-        str,
-        typer.Option(help="YYYY-MM-DD; default: the domain's watermark less 2 days."),
-    ] = "",
-    until: Annotated[str, typer.Option(help="YYYY-MM-DD; default: today.")] = "",
-    source: Annotated[str, typer.Option(help="api (arXiv search API) or oai (OAI-PMH).")] = "api",
-    embedder: Annotated[
-        str, typer.Option(help="minilm, st:<model> or openai:<model>; default SAE_EMBEDDER.")
-    ] = "",
-    limit: Annotated[int, typer.Option(help="Harvest at most this many records (0: all).")] = 0,
-    wait: Annotated[
-        float,
-        typer.Option(help="Seconds to wait for another re-embed of DOMAIN to finish first."),
-    ] = 0.0,
-) -> None:
+def reembed_command(params: ReembedParams) -> None:
     """Harvest DOMAIN's new arXiv papers, embed them, then move its watermark.
 
     Harvests since the watermark without moving it, validates into the corpus (rejected
@@ -71,28 +51,8 @@ def reembed_command(
     Exits 0 when done, 1 when some papers could not be embedded (rerun to finish),
     2 on bad input or an unreachable service, 3 when another re-embed of DOMAIN runs.
     """
-
-    from tasks.reembed import ReembedParams  # the package holds its Prefect steps: seconds
-
     setup_logging(own_handler=False)
-    if source not in ("api", "oai"):
-        raise fail(f"--source takes 'api' or 'oai', got {source!r}", EXIT_BAD_INPUT)
-    try:
-        params = ReembedParams(
-            domain=domain,
-            since=parse_date(since, "--since"),
-            until=parse_date(until, "--until"),
-            source=source,
-            embedder=embedder or None,
-            limit=limit or None,
-            wait_s=wait,
-        )
-    except ValidationError as exc:
-        raise fail(
-            validation_message(exc, {"domain": "DOMAIN", "wait_s": "--wait"}), EXIT_BAD_INPUT
-        ) from exc
-    summary = run_reembed(params)
-    typer.echo(summary_text(summary))
+    typer.echo(summary_text(run_reembed(params)))
 
 
 def run_reembed(params) -> dict:
@@ -105,7 +65,6 @@ def run_reembed(params) -> dict:
     from tasks.corpus.storage import WatermarkError
     from tasks.embed.manifest import EmbeddingStoreError
     from tasks.embed.run import EmbedFailedError
-    from tasks.reembed import LeaseError, LeaseLostError, ReembedIncompleteError
 
     settings = get_settings()
     try:

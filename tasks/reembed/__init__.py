@@ -1,4 +1,6 @@
-"""Re-embedding new arXiv papers on a schedule: parameters, the per-domain lease, steps."""
+"""Re-embedding new arXiv papers on a schedule: parameters, the per-domain lease, and
+the flow's steps (``tasks.reembed.steps``, not imported here: Prefect and MLflow take
+seconds that the `sae` command line, which reads the parameters, should not pay)."""
 
 from tasks.reembed.lease import (
     LeaseError,
@@ -10,17 +12,8 @@ from tasks.reembed.lease import (
     lease_path,
 )
 from tasks.reembed.params import ReembedParams
-from tasks.reembed.steps import (
-    COUNTS,
-    embed_new,
-    harvest_new,
-    move_watermark,
-    record_summary,
-    summary_markdown,
-)
 
 __all__ = [
-    "COUNTS",
     "LeaseError",
     "LeaseLostError",
     "ReembedBusyError",
@@ -28,10 +21,5 @@ __all__ = [
     "ReembedParams",
     "acquire_lease",
     "check_owner",
-    "embed_new",
-    "harvest_new",
     "lease_path",
-    "move_watermark",
-    "record_summary",
-    "summary_markdown",
 ]

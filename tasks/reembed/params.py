@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.corpus.domains import DOMAINS, UnknownDomainError, get_domain
+from tasks.corpus.domains import DOMAIN_HELP, DOMAINS, UnknownDomainError, get_domain
 
 DomainName = Literal[tuple(DOMAINS)]  # type: ignore[valid-type]
 
@@ -17,18 +17,23 @@ class ReembedParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    domain: DomainName = Field(description=f"Any of {sorted(DOMAINS)}.")  # type: ignore[valid-type]
+    domain: DomainName = Field(  # type: ignore[valid-type]
+        description=DOMAIN_HELP, json_schema_extra={"argument": "DOMAIN"}
+    )
     since: date | None = Field(
         default=None,
-        description="First day to harvest; None: the domain's watermark less 2 days "
+        description="First day to harvest. Default: the domain's watermark less 2 days "
         "(or 7 days before `until` when there is no watermark yet).",
     )
-    until: date | None = Field(default=None, description="Last day to harvest; None: today.")
+    until: date | None = Field(
+        default=None, description="Last day to harvest. Default: today (UTC)."
+    )
     source: Literal["api", "oai"] = Field(
         default="api", description="'api' (the arXiv search API) or 'oai' (OAI-PMH)."
     )
     embedder: str | None = Field(
-        default=None, description="'minilm', 'st:<model>' or 'openai:<model>'; None: SAE_EMBEDDER."
+        default=None,
+        description="'minilm', 'st:<model>' or 'openai:<model>'. Default: SAE_EMBEDDER.",
     )
     limit: int | None = Field(
         default=None, gt=0, description="Harvest at most this many records (oldest first)."
@@ -37,8 +42,9 @@ class ReembedParams(BaseModel):
         default=0.0,
         ge=0,
         le=86400,
-        description="Wait this long for another re-embed of the domain to finish before "
-        "giving up (the run then ends Cancelled).",
+        description="Wait this long (seconds) for another re-embed of the domain to finish "
+        "before giving up (the run then ends Cancelled).",
+        json_schema_extra={"flags": ["--wait"]},
     )
 
     @field_validator("domain", mode="before")

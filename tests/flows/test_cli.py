@@ -123,3 +123,11 @@ def test_the_command_line_starts_without_torch_prefect_ray_or_mlflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_reembed_options_are_its_parameter_model():
+    from tasks.reembed import ReembedParams
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["reembed"].params}
+    assert set(params) == set(ReembedParams.model_fields)
+    assert params["domain"].required and "--wait" in params["wait_s"].opts

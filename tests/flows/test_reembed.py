@@ -513,7 +513,7 @@ def test_bad_input_exits_2_before_anything_starts(monkeypatch):
     runner = CliRunner()
     for args, message in (
         (["hep-th"], "unknown domain 'hep-th'"),
-        (["cs.LG", "--source", "ftp"], "--source takes 'api' or 'oai'"),
+        (["cs.LG", "--source", "ftp"], "'ftp' is not one of 'api', 'oai'"),
         (["cs.LG", "--since", "2026-02-01", "--until", "2026-01-01"], "is after until"),
         (["cs.LG", "--since", "yesterday"], "--since takes YYYY-MM-DD"),
         (["cs.LG", "--embedder", "word2vec"], "unknown embedder spec"),
