@@ -65,6 +65,7 @@ class UnknownDomainError(ValueError):
 
 DOMAIN_HELP = "cs.LG or astro-ph, in any spelling (cs_lg, csLG, astro_ph, astroPH...)."
 
+
 def get_domain(name: str) -> Domain:
     """Any spelling of a domain: ``cs.LG``, ``cs_lg``, ``csLG``, ``CS-lg``, ``astroPH``...
 
