@@ -296,7 +296,7 @@ def _run_sweep(params):
         store = Store.from_settings(settings)
         store.check_writable()
         check_sweep_inputs(params, settings, store)
-        with prefect_for_run(settings, while_booting=lambda: _warm_up(settings)):
+        with prefect_for_run(settings, while_booting=lambda: _warm_up(settings, params)):
             from flows.sweep import sweep  # imported by _warm_up meanwhile
 
             quiet_prefect_console()
@@ -326,12 +326,19 @@ def _sweep_exit_code(exc: Exception) -> int | None:
     return 2 if isinstance(exc, BAD_INPUT + services + (EmbeddingStoreError,)) else None
 
 
-def _warm_up(settings) -> None:
-    """While the Prefect server boots: import the flow (torch, MLflow, Prefect take
-    seconds) and open the MLflow store (a new sqlite file migrates for seconds)."""
+def _warm_up(settings, params: SweepParams) -> None:
+    """While the Prefect server boots (15-20 s on 2 cores, most of it Prefect importing
+    its server): import the flow (torch, MLflow, Prefect), open the MLflow store (a new
+    sqlite file migrates for seconds) and start Ray (10-15 s), unless the same sweep
+    finished before and a rerun most likely needs no Ray at all."""
     import flows.sweep  # noqa: F401
+    from infra.code_version import code_version
+    from infra.ray_runtime import ensure_ray
+    from tasks.sweep.track import finished_before
 
-    mlflow_client(settings).search_experiments(max_results=1)
+    client = mlflow_client(settings)
+    if not finished_before(client, params, code_version()):
+        ensure_ray(settings)
 
 
 @app.command()

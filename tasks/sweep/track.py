@@ -31,10 +31,11 @@ import numpy as np
 
 from infra.code_version import package_requirements
 from infra.store import Store
-from infra.tracking import NOTE_TAG
+from infra.tracking import NOTE_TAG, experiment_name
 from sae.metrics import METRIC_NAMES
 from sae.model import TopKSAE
 from sae.trainer import STATE_FILE
+from tasks.sweep.config import SweepParams
 from tasks.sweep.train import CELL_FILES, DENSITY_FILE, HISTORY_FILE, CellRef, pull_cell
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,35 @@ def load_density(store: Store, ref: CellRef):
         return np.load(io.BytesIO(store.read_bytes(f"{ref.folder}/{DENSITY_FILE}")))
     except FileNotFoundError:
         return None
+
+
+def finished_before(client, params: SweepParams, code_version: str) -> bool:
+    """Whether each domain of ``params`` has a finished sweep of this code with the same
+    training settings over at least these cells: then a rerun most likely trains nothing
+    (unless new papers changed the data snapshot), so starting Ray ahead is not worth it."""
+    want = params.mlflow_params()
+    query = (
+        f"tags.run_kind = 'sweep' and tags.code_version = '{code_version}' "
+        "and attributes.status = 'FINISHED'"
+    )
+    for domain in params.domains:
+        experiment = client.get_experiment_by_name(experiment_name(domain))
+        if experiment is None:
+            return False
+        runs = client.search_runs([experiment.experiment_id], query, max_results=50)
+        if not any(_covers(run.data.params, params, want) for run in runs):
+            return False
+    return True
+
+
+def _covers(logged: dict[str, str], params: SweepParams, want: dict[str, str]) -> bool:
+    if any(logged.get(k) != v for k, v in want.items()):
+        return False
+    try:
+        ks, ns = json.loads(logged["k"]), json.loads(logged["n_latents"])
+    except (KeyError, ValueError):
+        return False
+    return set(params.k) <= set(ks) and set(params.n_latents) <= set(ns)
 
 
 def _search(client, ctx: SweepContext, extra: str):

@@ -134,3 +134,29 @@ def test_pack_resources_fill_the_gpus_or_take_a_node():
     assert (opts["num_gpus"], packs) == (0.5, 4)
     opts, packs = pack_resources({"CPU": 32.0, "GPU": 1.0}, 2.0, 3)
     assert (opts["num_gpus"], packs) == (1.0, 3)  # never more than the cluster has
+
+
+def test_a_finished_sweep_is_recognised_by_code_settings_and_cells(tmp_path):
+    """What decides whether `sae sweep` starts Ray while its Prefect server boots."""
+    from mlflow import MlflowClient
+
+    from tasks.sweep.track import SweepContext, close_parent, finished_before, open_parent
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = SweepParams(k=[16], n_latents=[3072], epochs=3)
+    assert not finished_before(client, params, "v1")  # no experiment yet
+    experiment = client.create_experiment("arxiv-sae/cs.LG")
+    ctx = SweepContext(
+        sweep_id="cs_lg-x", domain="cs.LG", experiment_id=experiment, data_snapshot="snap",
+        embedder="minilm", code_version="v1", train_params=params.mlflow_params(),
+    )  # fmt: skip
+    parent = open_parent(client, ctx, {"k": [16, 32], "n_latents": [3072]})
+    assert not finished_before(client, params, "v1")  # still running
+    close_parent(client, parent, ok=True)
+    assert finished_before(client, params, "v1")
+    assert finished_before(client, SweepParams(k=[32, 16], n_latents=[3072], epochs=3), "v1")
+    assert not finished_before(client, params, "v2")  # other code
+    assert not finished_before(client, SweepParams(k=[16], n_latents=[3072], epochs=4), "v1")
+    assert not finished_before(client, SweepParams(k=[64], n_latents=[3072], epochs=3), "v1")
+    both = SweepParams(domains=["cs.LG", "astro-ph"], k=[16], n_latents=[3072], epochs=3)
+    assert not finished_before(client, both, "v1")  # astro-ph has none
