@@ -23,7 +23,9 @@ from flows.cli_common import (
     setup_logging,
 )
 from flows.cli_params import model_command
+from infra.code_version import code_version
 from infra.local_stack import StackError, check_mlflow, check_prefect, prefect_for_run
+from infra.ray_runtime import RayUnavailableError, ensure_ray
 from infra.settings import get_settings
 from infra.store import Store, StoreError
 from infra.tracking import TrackingUnavailableError, mlflow_client
@@ -218,7 +220,6 @@ def embed(
     """Embed the papers of DOMAIN that have no embedding yet (one Ray task per shard)."""
     from tqdm import tqdm
 
-    from infra.ray_runtime import RayUnavailableError
     from tasks.embed.embedders import EmbedderError
     from tasks.embed.manifest import EmbeddingStoreError
     from tasks.embed.run import EmbedFailedError, EmptyCorpusError, embed_domain
@@ -315,7 +316,6 @@ def _run_sweep(params):
 def _sweep_exit_code(exc: Exception) -> int | None:
     """1: some cells or shards failed (rerun to resume); 2: bad input or a service down."""
     from flows.sweep import SweepFailedError
-    from infra.ray_runtime import RayUnavailableError
     from tasks.embed.manifest import EmbeddingStoreError
     from tasks.embed.run import EmbedFailedError
     from tasks.sweep.preflight import BAD_INPUT
@@ -332,8 +332,6 @@ def _warm_up(settings, params: SweepParams) -> None:
     sqlite file migrates for seconds) and start Ray (10-15 s), unless the same sweep
     finished before and a rerun most likely needs no Ray at all."""
     import flows.sweep  # noqa: F401
-    from infra.code_version import code_version
-    from infra.ray_runtime import ensure_ray
     from tasks.sweep.track import finished_before
 
     client = mlflow_client(settings)

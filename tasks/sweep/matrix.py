@@ -3,6 +3,7 @@ pack training as a sweep, without corpus, snapshot or MLflow."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,12 @@ class MatrixFile:
         return "none" if self.path == SYNTHETIC else "file"
 
     def load(self) -> torch.Tensor:
+        try:
+            return self._load()
+        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+            raise DataError(f"--data {self.path}: cannot read a matrix from it: {exc}") from exc
+
+    def _load(self) -> torch.Tensor:
         if self.path == SYNTHETIC:
             return sparse_dictionary_data(
                 self.limit or 20000, 384, n_atoms=512, active=6, seed=self.seed

@@ -131,3 +131,12 @@ def test_the_reembed_options_are_its_parameter_model():
     params = {p.name: p for p in typer.main.get_command(app).commands["reembed"].params}
     assert set(params) == set(ReembedParams.model_fields)
     assert params["domain"].required and "--wait" in params["wait_s"].opts
+
+
+def test_train_names_an_unreadable_matrix_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "broken.npy"
+    bad.write_bytes(b"not a numpy file")
+    result = runner.invoke(app, ["train", "--data", str(bad), "--k", "4", "--n", "64"])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "unexpected" not in result.output
