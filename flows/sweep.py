@@ -178,14 +178,7 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
         out = log_cell_task(ctx, parent, ref.as_dict(), ref.k, ref.n_latents)
         run_ids[ref.cell], versions[ref.cell] = out["run_id"], out["version"]
     rows = [
-        {
-            "cell": r.cell,
-            "k": r.k,
-            "n_latents": r.n_latents,
-            **r.metrics,
-            "seconds": r.seconds,
-            "model": f"{model_name(domain, r.k, r.n_latents)}/{versions[r.cell]}",
-        }
+        {**r.row(), "model": f"{model_name(domain, r.k, r.n_latents)}/{versions[r.cell]}"}
         for r in cells
     ]
     if cells:
