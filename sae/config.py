@@ -117,7 +117,12 @@ class TrainConfig:
 
     def weight_key(self) -> dict[str, Any]:
         """The settings that decide the trained weights (with the cells, data and code)."""
-        return {k: v for k, v in to_dict(self).items() if k not in self.NOT_IN_WEIGHTS}
+        return self.weights_of(to_dict(self))
+
+    @classmethod
+    def weights_of(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`weight_key` of settings as saved (``to_dict``, possibly by older code)."""
+        return {k: v for k, v in settings.items() if k not in cls.NOT_IN_WEIGHTS}
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)

@@ -348,12 +348,9 @@ class PackTrainer:
             return
         state = torch.load(d / STATE_FILE, map_location=self.device, weights_only=True)
         # How often a run logs or checkpoints may change between runs; the rest may not.
-        saved_train = {
-            k: v for k, v in state["train_cfg"].items() if k not in TrainConfig.NOT_IN_WEIGHTS
-        }
         for key, saved, current in (
             ("sae_cfg", state["sae_cfg"], to_dict(c.cfg)),
-            ("train_cfg", saved_train, self.train.weight_key()),
+            ("train_cfg", TrainConfig.weights_of(state["train_cfg"]), self.train.weight_key()),
         ):
             if saved != current:
                 raise ConfigError(
