@@ -55,7 +55,7 @@ def results_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
     specs = [COLUMNS.get(c, (c, _number("{:.4g}"), True)) for c in columns]
     body = [[show(r.get(c)) for c, (_, show, _) in zip(columns, specs, strict=True)] for r in rows]
     heads = [h for h, _, _ in specs]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(heads)]
+    widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(heads)]
     right = [r for _, _, r in specs]
 
     def line(cells: Sequence[str]) -> str:

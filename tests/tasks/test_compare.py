@@ -243,3 +243,12 @@ def test_latest_sweep_id(tracking):
     assert latest_sweep_id(client, "astroPH") == SWEEP_C
     assert latest_sweep_id(client, "math.AG") is None
     assert latest_sweep_id(client, "hep-th") is None
+
+
+def test_a_table_without_rows_is_its_header_and_rule():
+    from tasks.sweep.results import results_table
+
+    assert results_table([], ("cell", "nmse")).splitlines() == [
+        "| cell | nmse |",
+        "|------|-----:|",
+    ]
