@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -133,19 +132,10 @@ def _assert_local_only(port: int) -> None:
         assert _listen_addresses(port) == {"127.0.0.1"}
 
 
-def _write_stale_record(settings, name: str, pid: int, started: str | None = None) -> Path:
-    folder = settings.home / "stack"
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {
-        "url": "http://127.0.0.1:9/api",
-        "ui": "http://127.0.0.1:9",
-        "health": "http://127.0.0.1:9/api/health",
-        "pid": pid,
-        "started": started,
-        "log": "",
-    }
-    (folder / "stack.json").write_text(json.dumps({name: record}))
-    pid_file = folder / f"{name}.pid"
+def _write_stale_record(settings, name: str, pid: int) -> Path:
+    """A pid file whose server is gone (no process holds its log)."""
+    pid_file = settings.home / "stack" / f"{name}.pid"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{pid}\n")
     return pid_file
 
@@ -232,7 +222,7 @@ def test_up_ui_down(settings, stack, cli, tmp_path):
 
 def test_stale_records_are_cleaned_and_never_signalled(settings):
     pid_file = _write_stale_record(settings, "prefect", _dead_pid())
-    stray = settings.home / "stack" / "mlflow.pid"  # a pid file with no record
+    stray = settings.home / "stack" / "mlflow.pid"  # a live pid: this process's
     stray.write_text(f"{os.getpid()}\n")
     assert ls.stack_status(settings)["prefect"]["healthy"] is False
     assert ls.running_stack_url(settings, "prefect") is None
@@ -240,10 +230,10 @@ def test_stale_records_are_cleaned_and_never_signalled(settings):
     assert not pid_file.exists() and not stray.exists()
     assert not (settings.home / "stack" / "stack.json").exists()
 
-    # A live pid whose start time differs from the record's is someone else's process now.
+    # A live pid whose log nothing holds is someone else's process now.
     sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)
     try:
-        _write_stale_record(settings, "prefect", sleeper.pid, started="1")
+        _write_stale_record(settings, "prefect", sleeper.pid)
         assert ls.stack_down(settings) == []
         assert sleeper.poll() is None
     finally:
