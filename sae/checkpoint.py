@@ -43,6 +43,7 @@ _SHAPES = {
     "W_dec": lambda n, d: (n, d),
     "b_pre": lambda n, d: (d,),
 }
+_COUNTER = "samples_since_fired"
 
 
 @contextmanager
@@ -93,6 +94,9 @@ def save_sae(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: getattr(model, name).detach().float().cpu().contiguous() for name in _SHAPES}
+    # The dead-latent counter too: the dead fraction of a loaded model is then the one
+    # its training ended with.
+    tensors[_COUNTER] = model.samples_since_fired.detach().cpu().contiguous()
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(tensors, tmp, metadata={"format_version": str(CFG_FORMAT_VERSION)})
     cfg = build_cfg(model.cfg, train_cfg, run)
@@ -137,6 +141,9 @@ def load_sae(directory: str | os.PathLike, device: str | torch.device = "cpu"):
     tensors = load_file(str(weights_path))
     model = TopKSAE(sae_cfg)
     _assign(model, tensors, source=str(weights_path))
+    counter = tensors.get(_COUNTER)  # absent from files written before it was saved
+    if counter is not None and counter.shape == model.samples_since_fired.shape:
+        model.samples_since_fired.copy_(counter)
     return model.to(device)
 
 

@@ -15,6 +15,9 @@ from typing import Any, Literal
 # Bump when cfg.json gains a field that old readers cannot ignore.
 CFG_FORMAT_VERSION = 2  # 2: train.checkpoint_every_s
 
+# The paper's dead-latent window: 266 steps, about one epoch of astro-ph at batch 1024.
+PAPER_DEAD_STEPS = 266
+
 _CELL_NAME = re.compile(r"^(?P<domain>.+)_(?P<k>\d+)_(?P<n>\d+)_(?P<batch>\d+)$")
 
 
@@ -36,9 +39,17 @@ class SAEConfig:
     """Latents in the AuxK reconstruction; None means 2k, as in the paper's code."""
     aux_coef: float = 1.0 / 32.0
     """Weight of the AuxK loss."""
-    dead_threshold_samples: int = 266 * 1024
-    """A latent is dead once it has not fired for this many training samples.
-    The paper used 266 steps of batch 1024 (about one epoch of astro-ph)."""
+    dead_threshold_samples: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "A latent is dead (AuxK trains it) once it has not fired for this many "
+            "training samples. Default: the smaller of 266 x batch_size (the paper's 266 "
+            "steps, about one epoch of its corpus) and one epoch of the training split."
+        },
+    )
+    """None is decided by the trainer when it sees the data (:func:`resolve_dead_threshold`);
+    cfg.json records the number used. A model that never met a trainer counts the paper's
+    266 x 1024."""
     multi_topk: bool = False
     """Also reconstruct from the top 4k latents, with weight 1/8 (Multi-TopK)."""
 
@@ -56,10 +67,17 @@ class SAEConfig:
             raise ConfigError(f"k_aux must be in 1..n_latents={self.n_latents}, got {self.k_aux}")
         if self.aux_coef < 0:
             raise ConfigError(f"aux_coef must be >= 0, got {self.aux_coef}")
-        if self.dead_threshold_samples <= 0:
+        if self.dead_threshold_samples is not None and self.dead_threshold_samples <= 0:
             raise ConfigError(
                 f"dead_threshold_samples must be positive, got {self.dead_threshold_samples}"
             )
+
+    @property
+    def dead_threshold(self) -> int:
+        """The dead-latent threshold in force, in samples."""
+        if self.dead_threshold_samples is None:
+            return PAPER_DEAD_STEPS * 1024
+        return self.dead_threshold_samples
 
     @property
     def effective_k_aux(self) -> int:
@@ -69,6 +87,19 @@ class SAEConfig:
     def k_encode(self) -> int:
         """How many latents the encoder selects: 4k with Multi-TopK, else k."""
         return min(4 * self.k, self.n_latents) if self.multi_topk else self.k
+
+
+def resolve_dead_threshold(cfg: SAEConfig, batch_size: int, n_train: int) -> SAEConfig:
+    """``cfg`` with the default dead-latent rule made concrete for this data.
+
+    The paper's window is 266 steps because that was about one epoch of its corpus; on a
+    small corpus 266 steps are many epochs, no latent ever counts as dead and AuxK never
+    acts, so the window is also capped at one epoch.
+    """
+    if cfg.dead_threshold_samples is not None:
+        return cfg
+    window = min(PAPER_DEAD_STEPS * batch_size, n_train)
+    return dataclasses.replace(cfg, dead_threshold_samples=window)
 
 
 def _knob(default: Any, help: str) -> Any:
@@ -84,7 +115,9 @@ class TrainConfig:
     batch_size: int = _knob(1024, "Samples per training step.")
     lr: float = _knob(1e-4, "Adam learning rate after warm-up.")
     epochs: int = _knob(50, "Passes over the training split.")
-    warmup_steps: int = _knob(100, "Linear learning-rate warm-up from 0, in steps.")
+    warmup_steps: int = _knob(
+        0, "Linear learning-rate warm-up from 0, in steps (the paper's code has none)."
+    )
     lr_schedule: Literal["constant", "cosine"] = _knob(
         "constant", "After warm-up: constant (the paper), or cosine decay to 0 at the last step."
     )

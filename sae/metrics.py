@@ -4,10 +4,14 @@
 densities they summarise (an :class:`Evaluation`).
 
 log_feature_density: density_i = fraction of eval samples whose top-k holds latent i;
-the metric is the mean of log10(density_i) over latents that fired at least once.
-Latents that never fired on the eval split are left out of that mean (log10(0) is
--inf) and counted in ``dead_fraction`` instead, which is always reported beside it.
-Its ceiling is log10(k / n), reached when every latent fires equally often.
+the metric is the mean of log10(density_i) over latents that fired at least once on the
+split (log10(0) is -inf). Its ceiling is log10(k / n), reached when every latent fires
+equally often.
+
+dead_fraction is the paper's: the share of latents the training rule counts as dead at
+the end (not fired for ``cfg.dead_threshold`` training samples), not the share that
+never fired on the split: a small split cannot touch every latent (106 abstracts x 16
+activations never reach 3,072 latents), which says nothing about the model.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class EvalMetrics:
     act_mean: float
     """Mean of the nonzero top-k activation values."""
     dead_fraction: float
-    """Share of latents that never fired on the split."""
+    """Share of latents dead by the training rule (the model's counter, or the mask given)."""
     l0: float
     """Mean number of nonzero activations per sample (at most k)."""
     auxk_loss: float
@@ -112,7 +116,7 @@ def evaluate(
         nmse=nmse,
         log_feature_density=log_fd,
         act_mean=(act_sum / max(n_nonzero, 1)).item(),
-        dead_fraction=1.0 - n_alive / n,
+        dead_fraction=dead.float().mean().item(),
         l0=n_nonzero / N,
         auxk_loss=(aux_sum / max(aux_batches, 1)).item(),
         n_samples=N,

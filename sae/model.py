@@ -121,7 +121,7 @@ class TopKSAE(nn.Module):
         """Reconstruct ``x`` and compute the training losses.
 
         ``dead_mask_N`` selects the latents the AuxK loss may use; None means the
-        model's own counter (``samples_since_fired > dead_threshold_samples``).
+        model's own counter (``samples_since_fired > cfg.dead_threshold``).
         ``z_pre_BN`` lets a pack trainer pass pre-activations it computed for many
         SAEs in one matmul; None computes them here.
         """
@@ -184,7 +184,7 @@ class TopKSAE(nn.Module):
 
     # ------------------------------------------------------------ constraints
     def dead_mask(self) -> torch.Tensor:
-        return self.samples_since_fired > self.cfg.dead_threshold_samples
+        return self.samples_since_fired > self.cfg.dead_threshold
 
     @torch.no_grad()
     def update_dead_counter(self, indices_BK: torch.Tensor) -> None:

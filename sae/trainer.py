@@ -28,7 +28,15 @@ import numpy as np
 import torch
 
 from sae.checkpoint import atomic_torch_save, atomic_write_bytes, save_sae
-from sae.config import ConfigError, RunInfo, SAEConfig, TrainConfig, cell_name, to_dict
+from sae.config import (
+    ConfigError,
+    RunInfo,
+    SAEConfig,
+    TrainConfig,
+    cell_name,
+    resolve_dead_threshold,
+    to_dict,
+)
 from sae.data import DataError, as_matrix, split
 from sae.metrics import EvalMetrics, evaluate
 from sae.model import TopKSAE, data_median
@@ -162,6 +170,7 @@ class PackTrainer:
             )
         steps_per_epoch = x_train.shape[0] // batch
         total = steps_per_epoch * self.train.epochs
+        self.configs = [resolve_dead_threshold(c, batch, x_train.shape[0]) for c in self.configs]
         cells = self._build_cells(x_train, total)
         self._cells = cells
         self.epoch_seconds = []

@@ -202,7 +202,7 @@ def _step_grad_parity(device: torch.device, sizes: dict) -> dict:
         with forced_backend(name):
             model = TopKSAE(cfg, generator=torch.Generator().manual_seed(0)).to(device)
             with torch.no_grad():
-                model.samples_since_fired[: n // 10] = cfg.dead_threshold_samples + 1
+                model.samples_since_fired[: n // 10] = cfg.dead_threshold + 1
             out = model(x)
             out.loss.backward()
         grads[name] = {p: t.grad for p, t in model.named_parameters()} | {"loss": out.loss}
@@ -271,7 +271,7 @@ def _cell_step(device, d, n, k, batch, dead, compute_dtype):
     cfg = SAEConfig(d_in=d, n_latents=n, k=k)
     model = TopKSAE(cfg, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
-        model.samples_since_fired[: int(dead * n)] = cfg.dead_threshold_samples + 1
+        model.samples_since_fired[: int(dead * n)] = cfg.dead_threshold + 1
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     x = torch.randn(batch, d, device=device, generator=torch.Generator(device).manual_seed(0))
     return step._train_step(model, opt, x / x.norm(dim=1, keepdim=True), False, compute_dtype)

@@ -83,7 +83,7 @@ def run(
     for label, cls, dense, kernels in variants:
         model = cls(cfg, generator=torch.Generator().manual_seed(0)).to(device)
         with torch.no_grad():  # the first `dead` share of latents has never fired
-            model.samples_since_fired[: int(dead * n)] = cfg.dead_threshold_samples + 1
+            model.samples_since_fired[: int(dead * n)] = cfg.dead_threshold + 1
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
         step = _train_step(model, opt, x, dense, cd)
         with forced_backend(kernels) if kernels else contextlib.nullcontext():

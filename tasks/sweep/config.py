@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from sae.config import ConfigError, TrainConfig
+from sae.config import ConfigError, SAEConfig, TrainConfig
 from tasks.corpus.domains import DOMAIN_HELP, UnknownDomainError, canonical_name, get_domain
 
 PAPER_K = [16, 32, 64, 128]
@@ -29,13 +29,16 @@ class SweepInputError(ValueError):
 
 
 def _knob(name: str, **schema) -> Any:
-    """A training setting as a sweep parameter: its default and help are
-    :class:`sae.config.TrainConfig`'s, the one place they are written."""
-    f = _TRAIN_FIELDS[name]
+    """A library setting as a sweep parameter: its default and help are those of
+    :class:`sae.config.TrainConfig` or :class:`sae.config.SAEConfig`, the one place they
+    are written."""
+    f = _TRAIN_FIELDS.get(name) or _SAE_FIELDS[name]
     return Field(default=f.default, description=f.metadata["help"], **schema)
 
 
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# The SAEConfig settings a sweep sets for all its cells (the rest are per cell: d_in, k, n).
+_SAE_FIELDS = {f.name: f for f in dataclasses.fields(SAEConfig) if "help" in f.metadata}
 
 
 class GridParams(BaseModel):
@@ -64,6 +67,7 @@ class GridParams(BaseModel):
     compute_dtype: Literal["float32", "bfloat16"] = _knob("compute_dtype")
     seed: int = _knob("seed")
     checkpoint_every_s: float = _knob("checkpoint_every_s")
+    dead_threshold_samples: int | None = _knob("dead_threshold_samples", gt=0)
 
     @field_validator("k", "n_latents")
     @classmethod
@@ -99,9 +103,15 @@ class GridParams(BaseModel):
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{name: getattr(self, name) for name in _train_names(type(self))})
 
+    def sae_options(self) -> dict[str, Any]:
+        """The :class:`SAEConfig` settings every cell shares."""
+        return {
+            name: getattr(self, name) for name in type(self).model_fields if name in _SAE_FIELDS
+        }
+
     def training_key(self) -> dict:
         """What decides every cell's weights, besides its (k, n), the data and the code."""
-        return self.train_config().weight_key()
+        return {**self.train_config().weight_key(), **self.sae_options()}
 
     def mlflow_params(self) -> dict[str, str]:
         """The training settings as MLflow params (the grid itself is logged as k, n)."""

@@ -45,9 +45,15 @@ def test_train_on_a_file_writes_loadable_checkpoints_and_resumes(tmp_path, monke
     cell = tmp_path / "home" / "store" / "sae" / "demo" / "csLG_4_64_128"
     model = TopKSAE.load(cell)
     assert (model.k, model.n_latents, model.d_in) == (4, 64, 32)
+    # The dead window by default: one epoch (600 rows less 5% held out), recorded as used.
+    assert model.cfg.dead_threshold_samples == 570
     again = runner.invoke(app, [a.replace("cs.LG", "cs_lg") for a in args])  # one domain
     assert again.exit_code == 0
     assert "step" not in again.output, "finished cells are not retrained"
+    # A setting of the SAE itself, given on the command line, reaches every cell's cfg.json.
+    args = [*(a.replace("demo", "window") for a in args), "--dead-threshold-samples", "256"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert TopKSAE.load(cell.parent.parent / "window" / "csLG_4_96_128").cfg.dead_threshold == 256
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,23 @@ def test_training_lowers_nmse_well_below_one(make_data):
     assert res.density.shape == (128,) and res.density.sum() == pytest.approx(4)
     live = res.density[res.density > 0]
     assert res.metrics.log_feature_density == pytest.approx(np.log10(live).mean())
-    assert res.metrics.dead_fraction == pytest.approx(1 - live.size / 128)
+    # Dead by the training rule, not "never fired on the small eval split".
+    model = trainer.model(res.name)
+    assert res.metrics.dead_fraction == pytest.approx(model.dead_mask().float().mean().item())
+    assert res.sae_cfg.dead_threshold_samples == 2850  # one epoch: 3000 rows less 5% eval
+
+
+def test_the_default_dead_window_is_the_papers_266_steps_or_one_epoch(make_data):
+    """266 steps x batch on a big split; one epoch where 266 steps would be many epochs
+    (there no latent would ever count as dead and AuxK would never act)."""
+    x = make_data(1000, D)
+    train = _train(epochs=1, batch_size=2, eval_fraction=0.1)
+    (res,) = PackTrainer(_cfgs((4, 64)), train).fit(x)
+    assert res.sae_cfg.dead_threshold_samples == 266 * 2  # 900 rows > 266 steps of 2
+    (res,) = PackTrainer(_cfgs((4, 64)), _train(epochs=1, eval_fraction=0.1)).fit(x)
+    assert res.sae_cfg.dead_threshold_samples == 900  # 266 steps of 64 > 900 rows
+    (res,) = PackTrainer(_cfgs((4, 64), dead_threshold_samples=7), train).fit(x)
+    assert res.sae_cfg.dead_threshold_samples == 7  # a setting given is kept
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -73,7 +89,8 @@ def test_cells_in_a_pack_match_cells_trained_alone(make_data, device):
     for cfg in _cfgs((4, 64), (8, 96)):
         solo = PackTrainer([cfg], _train(), device=device)
         solo.fit(x)
-        ours = next(c for c in packed._cells if c.cfg == cfg)
+        ours = next(c for c in packed._cells if c.name == solo._cells[0].name)
+        assert ours.cfg == solo._cells[0].cfg
         for a, b in zip(_weights(ours.model), _weights(solo._cells[0].model), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -109,6 +126,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, make_data, c
     assert [r.metrics for r in results] == [r.metrics for r in ref_results]
     loaded = TopKSAE.load(results[0].directory)
     torch.testing.assert_close(loaded.W_dec, ref._cells[0].model.W_dec.cpu())
+    # The dead counter travels with the weights: a loaded model's dead fraction is the run's.
+    assert torch.equal(loaded.samples_since_fired, ref._cells[0].model.samples_since_fired.cpu())
+    assert loaded.cfg.dead_threshold_samples == 128
 
 
 def test_a_finished_pack_is_not_retrained(tmp_path, make_data):

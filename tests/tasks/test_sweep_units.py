@@ -57,6 +57,10 @@ def test_sweep_id_follows_training_data_and_code_but_not_the_grid():
     assert sweep_id(SweepParams(k=[16], n_latents=[3072], lr=1e-3), "cs_lg", "snap-a", "x") != (
         sweep_id(base, "cs_lg", "snap-a", "x")
     )
+    window = SweepParams(k=[16], n_latents=[3072], dead_threshold_samples=4096)
+    assert window.sae_options() == {"dead_threshold_samples": 4096}
+    assert window.mlflow_params()["dead_threshold_samples"] == "4096"
+    assert sweep_id(window, "cs_lg", "snap-a", "x") != sweep_id(base, "cs_lg", "snap-a", "x")
 
 
 @pytest.mark.parametrize(
