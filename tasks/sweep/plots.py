@@ -206,4 +206,96 @@ def training_curves(
     return _save(fig, path)
 
 
-__all__ = ["density_histograms", "pareto_plot", "training_curves"]
+def importance_plot(
+    importances: Mapping[str, Any], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Per cell, latent importance sorted descending against its rank, log-log.
+
+    ``importances`` maps a cell label to per-latent importances (a cell's importance.npy,
+    :func:`sae.importance.latent_importance`); only positive entries can be drawn on a
+    log axis, so the others are left out, as they are of the power-law fit whose
+    exponent and R^2 the legend gives. Returns ``path``.
+    """
+    from sae.importance import power_law_fit
+
+    if not importances:
+        raise ValueError("importance_plot: no cells to plot (empty mapping)")
+    fig, (ax,) = _figure(width=7.2, height=4.8)
+    for colour, (label, values) in zip(
+        _colours(len(importances)), importances.items(), strict=True
+    ):
+        imp = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))[::-1]
+        rank = np.arange(1, imp.size + 1)
+        keep = imp > 0  # also drops NaN
+        fit = power_law_fit(imp)
+        legend = f"{label} (exponent {fit.exponent:.2f}, R² {fit.r2:.2f})"
+        ax.plot(rank[keep], imp[keep], color=colour, linewidth=1.2, label=legend)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank (by importance)")
+    ax.set_ylabel("importance: NMSE rise when removed alone")
+    ax.set_title(title or "Latent importance per cell")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+_SERIES_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+
+
+def pruning_plot(
+    series_by_k: Mapping[int, Mapping[str, Mapping[int, float]]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """NMSE against the number of latents n, per k, one line per series.
+
+    ``series_by_k`` maps k to ``{series name: {n: NMSE}}``, e.g. ``"dedicated"`` (the
+    cells trained at each n), ``"pruned"`` (the largest cell cut to each n by
+    importance) and later a Matryoshka model's prefixes. Colour marks k; line style and
+    marker mark the series, in the order the names first appear. Returns ``path``.
+    """
+    series_by_k = {k: s for k, s in series_by_k.items() if any(len(v) for v in s.values())}
+    if not series_by_k:
+        raise ValueError("pruning_plot: no series to plot (empty input)")
+    names = list(dict.fromkeys(name for s in series_by_k.values() for name in s))
+    styles = {name: _SERIES_STYLES[i % len(_SERIES_STYLES)] for i, name in enumerate(names)}
+    ks = sorted(series_by_k)
+    ns = sorted({int(n) for s in series_by_k.values() for v in s.values() for n in v})
+    fig, (ax,) = _figure(width=7.2, height=4.8)
+    for colour, k in zip(_colours(len(ks)), ks, strict=True):
+        for name, points in series_by_k[k].items():
+            if not points:
+                continue
+            pts = sorted((int(n), _float(v)) for n, v in points.items())
+            linestyle, marker = styles[name]
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                color=colour,
+                linestyle=linestyle,
+                marker=marker,
+                markersize=4,
+                label=f"k={k} {name}",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
+    if len(ns) == 1:
+        ax.set_xlim(ns[0] / 2, ns[0] * 2)
+    ax.set_xlabel("n (latents kept)")
+    ax.set_ylabel("NMSE (held out)")
+    ax.set_title(title or "Pruned by importance vs trained at each n")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncols=2 if len(ks) * len(names) > 6 else 1)
+    return _save(fig, path)
+
+
+__all__ = [
+    "density_histograms",
+    "importance_plot",
+    "pareto_plot",
+    "pruning_plot",
+    "training_curves",
+]

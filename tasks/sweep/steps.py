@@ -24,9 +24,22 @@ from tasks.corpus.storage import read_papers
 from tasks.embed.run import embed_domain
 from tasks.embed.snapshot import Snapshot, fix_snapshot, snapshot_by_id
 from tasks.sweep.config import SweepInputError
-from tasks.sweep.plots import density_histograms, pareto_plot, training_curves
+from tasks.sweep.plots import (
+    density_histograms,
+    importance_plot,
+    pareto_plot,
+    pruning_plot,
+    training_curves,
+)
 from tasks.sweep.preflight import no_papers, unknown_snapshot
-from tasks.sweep.track import load_density, load_history, log_cell, register_cell
+from tasks.sweep.track import (
+    load_density,
+    load_history,
+    load_importance,
+    load_pruning,
+    log_cell,
+    register_cell,
+)
 from tasks.sweep.train import CellRef, PackSpec, train_pack
 
 log = logging.getLogger(__name__)
@@ -113,7 +126,8 @@ def log_cell_task(ctx, parent_id: str, ref: dict, k: int, n_latents: int) -> dic
 
 
 def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> list[Path]:
-    """The parent run's plots: the NMSE-vs-k frontier, densities, training curves."""
+    """The parent run's plots: the NMSE-vs-k frontier, densities, training curves, latent
+    importance and pruning (cells finished before those were kept are left out)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"k": r.k, "n_latents": r.n_latents, **r.metrics} for r in refs]
     paths = [pareto_plot(rows, out / "nmse_vs_k.png", domain=domain)]
@@ -128,7 +142,32 @@ def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> lis
     curves = {k: v for k, v in curves.items() if v}
     if curves:
         paths.append(training_curves(curves, out / "training_nmse.png"))
+    importances = {f"k{r.k}-n{r.n_latents}": load_importance(store, r) for r in refs}
+    importances = {k: v for k, v in importances.items() if v is not None}
+    if importances:
+        paths.append(importance_plot(importances, out / "importance.png"))
+    pruning = pruning_series(store, refs)
+    if pruning:
+        paths.append(pruning_plot(pruning, out / "pruning.png"))
     return paths
+
+
+def pruning_series(store: Store, refs: list[CellRef]) -> dict[int, dict[str, dict[int, float]]]:
+    """Per k with cells at two n or more: the dedicated cells' NMSE at each n, and the
+    largest-n cell's NMSE pruned by importance to each of those n (its pruning.json)."""
+    series: dict[int, dict[str, dict[int, float]]] = {}
+    for k in sorted({r.k for r in refs}):
+        cells = sorted((r for r in refs if r.k == k), key=lambda r: r.n_latents)
+        largest = cells[-1]
+        pruned = load_pruning(store, largest) if len(cells) > 1 else None
+        if not pruned:
+            continue
+        ns = {r.n_latents for r in cells}
+        series[k] = {
+            "trained at n": {r.n_latents: r.metrics["nmse"] for r in cells},
+            "largest n pruned by importance": {m: v for m, v in pruned.items() if m in ns},
+        }
+    return series
 
 
 def _use_assigned_cpus() -> None:

@@ -7,7 +7,8 @@ one left half-logged by a crash is deleted and logged again.
 
 Names: params ``k, n_latents, d_in, embedder, data_snapshot, code_version`` and every
 training setting of :class:`tasks.sweep.config.GridParams` (``batch_size, lr, epochs,
-...``); final metrics as in :class:`sae.metrics.EvalMetrics`; per-step metrics
+...``); final metrics as in :class:`sae.metrics.EvalMetrics`, plus ``importance_exponent``
+and ``importance_r2`` (the power-law fit of :mod:`sae.importance`); per-step metrics
 ``train_loss, train_nmse, train_auxk_loss, train_dead_fraction, lr``.
 
 Champion rule (one ``champion`` alias per domain): among the sweep's cells whose held-out
@@ -32,11 +33,20 @@ import numpy as np
 from infra.code_version import package_requirements
 from infra.store import Store
 from infra.tracking import NOTE_TAG, experiment_name
+from sae.importance import power_law_fit
 from sae.metrics import METRIC_NAMES
 from sae.model import TopKSAE
 from sae.trainer import STATE_FILE
 from tasks.sweep.config import SweepParams
-from tasks.sweep.train import CELL_FILES, DENSITY_FILE, HISTORY_FILE, CellRef, pull_cell
+from tasks.sweep.train import (
+    CELL_FILES,
+    DENSITY_FILE,
+    HISTORY_FILE,
+    IMPORTANCE_FILE,
+    PRUNING_FILE,
+    CellRef,
+    pull_cell,
+)
 
 log = logging.getLogger(__name__)
 # MLflow itself is imported where it is used: a Ray worker that trains a pack imports this
@@ -133,6 +143,7 @@ def log_cell(client, store: Store, ctx: SweepContext, parent_id: str, ref: CellR
         local = pull_cell(store, ref.folder, Path(tmp) / ref.cell, names)
         _log_history(client, run_id, local / HISTORY_FILE)
         _log_final(client, run_id, ref)
+        _log_importance_fit(client, run_id, local / IMPORTANCE_FILE, ref.steps)
         client.log_artifacts(run_id, str(local), "checkpoint")
         model_id = _log_model(run_id, local)
     client.set_tag(run_id, "model_id", model_id)
@@ -213,6 +224,23 @@ def load_density(store: Store, ref: CellRef):
         return None
 
 
+def load_importance(store: Store, ref: CellRef):
+    """The cell's importance.npy [n], or None for a cell finished before it was kept."""
+    try:
+        return np.load(io.BytesIO(store.read_bytes(f"{ref.folder}/{IMPORTANCE_FILE}")))
+    except FileNotFoundError:
+        return None
+
+
+def load_pruning(store: Store, ref: CellRef) -> dict[int, float] | None:
+    """The cell's pruning.json as {m: NMSE}, or None for a cell finished before it was kept."""
+    try:
+        raw = store.read_json(f"{ref.folder}/{PRUNING_FILE}")
+    except FileNotFoundError:
+        return None
+    return {int(m): float(v) for m, v in raw.items()}
+
+
 def finished_before(client, params: SweepParams, code_version: str) -> bool:
     """Whether each domain of ``params`` has a finished sweep of this code with the same
     training settings over at least these cells: then a rerun most likely trains nothing
@@ -275,6 +303,23 @@ def _log_final(client, run_id: str, ref: CellRef) -> None:
     metrics = [Metric(k, float(ref.metrics[k]), now, ref.steps) for k in METRIC_NAMES]
     metrics.append(Metric("train_seconds", float(ref.seconds), now, ref.steps))
     client.log_batch(run_id, metrics=metrics)
+
+
+def _log_importance_fit(client, run_id: str, path: Path, step: int) -> None:
+    """``importance_exponent`` and ``importance_r2`` of the power-law fit, when known."""
+    from mlflow.entities import Metric
+
+    if not path.is_file():  # a cell finished before importance was kept
+        return
+    fit = power_law_fit(np.load(path))
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"importance_{name}", value, now, step)
+        for name, value in (("exponent", fit.exponent), ("r2", fit.r2))
+        if np.isfinite(value)
+    ]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
 
 
 def _log_model(run_id: str, local: Path) -> str:

@@ -23,6 +23,8 @@ from infra.code_version import code_version
 from infra.store import Store
 from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, atomic_write_bytes
 from sae.config import RunInfo, SAEConfig, TrainConfig, cell_name
+from sae.data import split
+from sae.importance import latent_importance, pruned_nmse
 from sae.kernels import choose_backend
 from sae.planner import plan_packs
 from sae.trainer import METRICS_FILE, STATE_FILE, LogFn, PackTrainer
@@ -35,8 +37,15 @@ log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
 DENSITY_FILE = "feature_density.npy"
+IMPORTANCE_FILE = "importance.npy"
+"""[n] each latent's held-out NMSE rise when removed alone (:mod:`sae.importance`)."""
+PRUNING_FILE = "pruning.json"
+"""{m: held-out NMSE} of the cell pruned by importance to each grid n <= its own."""
 # Copied up in this order: metrics.json last, because it marks the cell as done.
-CELL_FILES = (CFG_FILE, WEIGHTS_FILE, HISTORY_FILE, DENSITY_FILE, STATE_FILE, METRICS_FILE)
+CELL_FILES = (
+    CFG_FILE, WEIGHTS_FILE, HISTORY_FILE, DENSITY_FILE, IMPORTANCE_FILE, PRUNING_FILE,
+    STATE_FILE, METRICS_FILE,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,9 @@ class PackSpec:
     train: TrainConfig
     run: RunInfo
     data: Snapshot | MatrixFile
+    prune_to: tuple[int, ...] = ()
+    """The whole grid's n values (a pack holds only some cells): each cell is pruned to
+    those up to its own n for the comparison with the dedicated cells."""
 
     def store(self) -> Store:
         return Store(self.store_root, self.storage_options)
@@ -80,7 +92,7 @@ def sweep_pack(
     )
     return PackSpec(
         sweep_id, store.root, store.storage_options, params.cells(), params.train_config(),
-        run, snapshot,
+        run, snapshot, prune_to=_grid_n(params.cells()),
     )  # fmt: skip
 
 
@@ -94,8 +106,9 @@ def matrix_pack(params: MatrixParams, store: Store) -> PackSpec:
     )
     run_id = params.run_id or sweep_id(params, "train", data.id, version)
     return PackSpec(
-        run_id, store.root, store.storage_options, params.cells(), params.train_config(), run, data
-    )
+        run_id, store.root, store.storage_options, params.cells(), params.train_config(), run, data,
+        prune_to=_grid_n(params.cells()),
+    )  # fmt: skip
 
 
 def plan(spec: PackSpec, cells: list[tuple[int, int]], n_packs: int) -> list[PackSpec]:
@@ -208,16 +221,32 @@ def train_pack(
     )
     log.info("%s: training %d cell(s) on %d x %d", spec.label, len(todo), *x_train.shape)
     results = trainer.fit(x_train, x_eval)
+    if x_eval is None:  # the rows the trainer held out and evaluated on
+        x_eval = split(x_train, spec.train.eval_fraction, spec.train.seed).eval
     for r in results:
         d = out_dir / r.name
         if r.density is not None:  # the final evaluation's; None only for older states
             atomic_write_bytes(d / DENSITY_FILE, _npy_bytes(r.density))
+        _write_importance(d, trainer.model(r.name), x_eval, spec.prune_to)
         # Written after the trainer's final checkpoint, so copy metrics.json up last again.
         on_checkpoint([d])
     if not store.is_local:
         shutil.rmtree(out_dir, ignore_errors=True)
     done.update(finished_cells(store, spec))
     return [done[_name(spec, k, n)] for k, n in spec.cells]
+
+
+def _write_importance(folder: Path, model, x_eval, prune_to: tuple[int, ...]) -> None:
+    importance = latent_importance(model, x_eval)
+    atomic_write_bytes(folder / IMPORTANCE_FILE, _npy_bytes(importance))
+    sizes = {m for m in prune_to if m < model.n_latents} | {model.n_latents}
+    pruned = pruned_nmse(model, x_eval, np.argsort(-importance, kind="stable"), sizes)
+    payload = {str(m): v for m, v in pruned.items()}
+    atomic_write_bytes(folder / PRUNING_FILE, json.dumps(payload).encode())
+
+
+def _grid_n(cells: list[tuple[int, int]]) -> tuple[int, ...]:
+    return tuple(sorted({n for _, n in cells}))
 
 
 def _load(spec: PackSpec, store: Store) -> tuple[torch.Tensor, torch.Tensor | None]:

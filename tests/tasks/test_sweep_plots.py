@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.sweep.plots import density_histograms, pareto_plot, training_curves
+from tasks.sweep.plots import (
+    density_histograms,
+    importance_plot,
+    pareto_plot,
+    pruning_plot,
+    training_curves,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -108,3 +114,49 @@ def test_training_curves_edge_cases(tmp_path):
         training_curves({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="empty"):
         training_curves({"a": []}, tmp_path / "x.png")
+
+
+# ------------------------------------------------------------ importance_plot
+def test_importance_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    importances = {
+        f"k{k}-n{n}": rng.permutation(0.1 * np.arange(1, n + 1) ** -(0.6 + k / 100))
+        for k in (16, 64)
+        for n in (3072, 12288)
+    }
+    assert_png(importance_plot(importances, tmp_path / "importance.png"))
+
+
+def test_importance_plot_edge_cases(tmp_path):
+    # Dead (0), overshooting (< 0) and NaN entries cannot go on a log axis: left out.
+    mixed = {"k4-n32": np.array([0.3, 0.1, 0.0, -0.01, np.nan, 0.05])}
+    assert_png(importance_plot(mixed, tmp_path / "mixed.png"))
+    none_positive = {"k4-n32": np.zeros(8), "k8-n32": np.array([0.2, 0.1, 0.05])}
+    assert_png(importance_plot(none_positive, tmp_path / "dead.png"))
+    with pytest.raises(ValueError, match="empty"):
+        importance_plot({}, tmp_path / "x.png")
+
+
+# --------------------------------------------------------------- pruning_plot
+def test_pruning_plot(tmp_path):
+    ns = (3072, 6144, 12288)
+    series = {
+        k: {
+            "trained at n": {n: 0.3 * (16 / k) ** 0.4 * (3072 / n) ** 0.1 for n in ns},
+            "largest n pruned by importance": {
+                n: 0.3 * (16 / k) ** 0.4 * (12288 / n) ** 0.05 * (3072 / n) ** 0.1 for n in ns
+            },
+            "matryoshka prefix": {n: 0.31 * (16 / k) ** 0.4 * (3072 / n) ** 0.08 for n in ns},
+        }
+        for k in (16, 64, 128)
+    }
+    assert_png(pruning_plot(series, tmp_path / "pruning.png"))
+
+
+def test_pruning_plot_edge_cases(tmp_path):
+    one = {4: {"trained at n": {32: 0.4}, "pruned": {32: float("nan")}}}
+    assert_png(pruning_plot(one, tmp_path / "one.png"))
+    with pytest.raises(ValueError, match="empty"):
+        pruning_plot({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="empty"):
+        pruning_plot({4: {"trained at n": {}}}, tmp_path / "x.png")
