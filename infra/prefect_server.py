@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import sys
 
+from prefect.cli import app
+from prefect.server.database import orm_models
+
 
 def _let_the_scheduler_insert_runs() -> None:
-    from prefect.server.database import orm_models
-
     state = orm_models.FlowRun.__dict__.get("state")
     bulk_dml = getattr(getattr(state, "inplace", None), "bulk_dml", None)
     if bulk_dml is None:  # another SQLAlchemy or Prefect: nothing to fix
@@ -29,8 +30,6 @@ def _let_the_scheduler_insert_runs() -> None:
 
 def main() -> None:
     _let_the_scheduler_insert_runs()
-    from prefect.cli import app
-
     sys.exit(app())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from infra.retries import WORKER_RETRIES
 
@@ -37,6 +38,8 @@ class RayUnavailableError(RuntimeError):
 
 def ensure_ray(settings) -> dict[str, float]:
     """Connects once per process; returns the cluster's resources (CPU, GPU, ...)."""
+    # Ray: 5 s of import on 2 busy cores (measured), which `sae --help` (it imports this
+    # module) must not pay.
     import ray
 
     if not ray.is_initialized():
@@ -79,7 +82,7 @@ def ensure_ray(settings) -> dict[str, float]:
 def _token_refused(exc: BaseException) -> bool:
     """Whether Ray's token authentication (on by default for `ray start` since Ray 2.59)
     turned the driver away; ray.init reports it as a ConnectionError around the cause."""
-    from ray.exceptions import AuthenticationError
+    from ray.exceptions import AuthenticationError  # see ensure_ray
 
     seen: BaseException | None = exc
     while seen is not None:
@@ -91,8 +94,6 @@ def _token_refused(exc: BaseException) -> bool:
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """A TCP connect to the head first: ray.init on a dead address retries for minutes."""
-    import socket
-
     if address == "auto":
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
@@ -112,7 +113,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def cpus_per_node() -> int:
     """The CPUs of the largest alive node: what one CPU-bound task can use at most."""
-    import ray
+    import ray  # see ensure_ray
 
     sizes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     return max(1, int(max(sizes, default=1)))

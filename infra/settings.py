@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     def torch_device(self) -> str:
         if self.device != "auto":
             return self.device
+        # torch: ~10 s on 2 busy cores, for every importer of the settings otherwise.
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
