@@ -19,16 +19,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
+
+from infra.code_version import code_version
+from infra.settings import Settings, get_settings
+from infra.store import Store
+from tasks.corpus.domains import get_domain
+from tasks.corpus.ingest import ingest_source
+from tasks.embed.embedders import embedder_name
+from tasks.embed.run import embed_domain
+from tasks.embed.snapshot import fix_snapshot
+from tasks.sweep.config import GridParams
+from tasks.sweep.train import sweep_pack, train_pack
+
 K, N = "16,32", "3072,4608"
 
 
 def _prepare(base: Path, data: Path, papers: int) -> Path:
-    from infra.settings import Settings
-    from infra.store import Store
-    from tasks.corpus.domains import get_domain
-    from tasks.corpus.ingest import ingest_source
-    from tasks.embed.run import embed_domain
-
     store = Store(str(base / "template"))
     cs = get_domain("cs.LG")
     ingest_source(store, cs, data / "cs_lg.jsonl.gz")
@@ -37,8 +44,6 @@ def _prepare(base: Path, data: Path, papers: int) -> Path:
         store, cs, settings=Settings(home=base / "prep", store=store.root), up_to=papers
     )
     print(f"prepared: {report.embedded} embedded in {time.perf_counter() - t0:.1f} s (untimed)")
-    import ray
-
     ray.shutdown()  # the timed runs start their own, as on a fresh machine
     return base / "template"
 
@@ -46,15 +51,6 @@ def _prepare(base: Path, data: Path, papers: int) -> Path:
 def _direct(template: Path, papers: int, epochs: int, batch: int, lr: float) -> float:
     """Snapshot + the same 4-cell pack through the sweep's training task, in this
     process: the training floor."""
-    from infra.code_version import code_version
-    from infra.settings import get_settings
-    from infra.store import Store
-    from tasks.corpus.domains import get_domain
-    from tasks.embed.embedders import embedder_name
-    from tasks.embed.snapshot import fix_snapshot
-    from tasks.sweep.config import GridParams
-    from tasks.sweep.train import sweep_pack, train_pack
-
     t0 = time.perf_counter()
     store = Store(str(template))
     snap = fix_snapshot(store, get_domain("cs.LG"), embedder_name("minilm"), limit=papers)

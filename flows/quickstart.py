@@ -14,6 +14,15 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from flows.cli_common import setup_logging
+from infra.retries import ARXIV_QUICKSTART
+from infra.settings import get_settings
+from infra.store import Store, StoreError
+from tasks.corpus.domains import get_domain
+from tasks.corpus.harvest import HarvestConfig, HarvestError
+from tasks.corpus.ingest import harvest
+from tasks.corpus.storage import read_watermark
+
 DOMAIN = "cs.LG"
 SAMPLE = "cs_lg.jsonl.gz"
 DEFAULT_ARXIV_DATA = Path("../shared/data/arxiv")
@@ -40,9 +49,6 @@ def sweep_argv(sample: Path | None) -> list[str]:
 def prepare(arxiv_data: Path) -> Path | None:
     """The sample file if ``arxiv_data`` holds it; otherwise fills the corpus from arXiv
     (unless an earlier quickstart did) and returns None."""
-    from infra.store import StoreError
-    from tasks.corpus.harvest import HarvestError
-
     sample = arxiv_data / SAMPLE
     if sample.is_file():
         return sample
@@ -60,14 +66,6 @@ def prepare(arxiv_data: Path) -> Path | None:
 
 
 def _harvest_unless_done(sample: Path) -> None:
-    from infra.retries import ARXIV_QUICKSTART
-    from infra.settings import get_settings
-    from infra.store import Store
-    from tasks.corpus.domains import get_domain
-    from tasks.corpus.harvest import HarvestConfig
-    from tasks.corpus.ingest import harvest
-    from tasks.corpus.storage import read_watermark
-
     settings = get_settings()
     store = Store.from_settings(settings)
     domain = get_domain(DOMAIN)
@@ -95,8 +93,6 @@ def _harvest_unless_done(sample: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from flows.cli_common import setup_logging
-
     args = sys.argv[1:] if argv is None else argv
     setup_logging()
     try:
