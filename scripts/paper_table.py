@@ -5,9 +5,10 @@ re-written plainly below) at equal data and steps.
 Three steps, so the heavy one runs anywhere torch does (a lent GPU machine has torch and
 triton but none of the pipeline's packages):
 
-    # 1. here: the embedded shared sample of each domain as train/eval matrices
+    # 1. here: the shared sample validated into the corpus (`sae ingest`), as texts
     .venv/bin/python scripts/paper_table.py export --home $SAE_HOME --out .science/data
-    # 2. on a GPU (or a CPU, for days): the grids and the recipe check, within a budget
+    # 2. on a GPU (or a CPU, for days): embed, then the grids and the recipe check
+    python3 scripts/paper_table.py embed --data .science/data
     python3 scripts/paper_table.py train --data .science/data --out $OUT --grid-s 200
     # 3. here: the README's table, the NMSE-vs-k frontier and the training curves
     .venv/bin/python scripts/paper_table.py report --results docs/science/paper_table.json
@@ -42,28 +43,69 @@ PARITY_CELLS = ((16, 3072), (64, 9216))
 
 
 # ------------------------------------------------------------------ export (here)
-def export(home: str, out: Path, embedder: str) -> None:
-    """Each domain's whole embedded sample, split as a sweep splits it (1 in 20 by id hash)."""
+def export(home: str, out: Path) -> None:
+    """Each domain's validated corpus as the texts the pipeline embeds, with the sweep's
+    held-out flag (1 id in 20, by id hash), and the bundled MiniLM with fp16 weights (half
+    the size: a lent machine takes 64 MiB; fp32 again before use, so only the weights'
+    last bits differ: see :func:`embed`)."""
+    import gzip
     import os
+    import shutil
 
     os.environ["SAE_HOME"] = home
+    from safetensors.torch import load_file, save_file
+
     from infra.settings import get_settings
     from infra.store import Store
     from tasks.corpus.domains import get_domain
-    from tasks.embed.snapshot import fix_snapshot, load_snapshot
+    from tasks.corpus.storage import read_papers
+    from tasks.embed.embedders import paper_text
+    from tasks.embed.local import bundled_minilm_path
+    from tasks.embed.snapshot import EVAL_EVERY, _id_hash
 
     store = Store.from_settings(get_settings())
     out.mkdir(parents=True, exist_ok=True)
     for slug, name in DOMAINS.items():
-        dom = get_domain(name)
-        snap = fix_snapshot(store, dom, embedder)
-        x_train, x_eval = load_snapshot(store, dom, snap)
-        np.save(out / f"{slug}.train.npy", x_train.astype(np.float32))
-        np.save(out / f"{slug}.eval.npy", x_eval.astype(np.float32))
-        meta = {"snapshot": snap.id, "embedder": embedder, "train": len(x_train)}
-        meta["eval"] = len(x_eval)
-        (out / f"{slug}.json").write_text(json.dumps(meta))
-        print(f"{name}: snapshot {snap.id}, {len(x_train)} train, {len(x_eval)} eval")
+        papers = read_papers(store, get_domain(name)).sort("id")
+        held_out = (_id_hash(papers["id"]) % EVAL_EVERY == 0).to_list()
+        with gzip.open(out / f"{slug}.texts.jsonl.gz", "wt") as f:
+            for row, is_eval in zip(papers.iter_rows(named=True), held_out, strict=True):
+                text = paper_text(row["title"], row["abstract"])
+                f.write(json.dumps({"id": row["id"], "text": text, "eval": is_eval}) + "\n")
+        print(f"{name}: {papers.height} papers, {sum(held_out)} held out")
+    model = out / "minilm"
+    shutil.copytree(bundled_minilm_path(), model, dirs_exist_ok=True)
+    weights = load_file(model / "model.safetensors")
+    save_file({k: v.half() for k, v in weights.items()}, model / "model.safetensors")
+
+
+def embed(data: Path, model: Path, limit: int | None = None) -> None:
+    """Each domain's texts through the pipeline's own MiniLM embedder (fp16 autocast on a
+    GPU, as ``sae embed`` runs there), as ``{slug}.train.npy`` / ``{slug}.eval.npy``."""
+    import gzip
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    from tasks.embed.local import MeanPoolEmbedder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "minilm"
+        shutil.copytree(model, fp32)
+        weights = load_file(model / "model.safetensors")
+        save_file({k: v.float() for k, v in weights.items()}, fp32 / "model.safetensors")
+        embedder = MeanPoolEmbedder(fp32, name="minilm-l6-v2", cache_dir=Path(tmp) / "cache")
+        for slug in DOMAINS:
+            with gzip.open(data / f"{slug}.texts.jsonl.gz", "rt") as f:
+                rows = [json.loads(line) for line in f][:limit]
+            t0 = time.perf_counter()
+            x = embedder.embed([r["text"] for r in rows])
+            held_out = np.array([r["eval"] for r in rows], dtype=bool)
+            np.save(data / f"{slug}.train.npy", x[~held_out])
+            np.save(data / f"{slug}.eval.npy", x[held_out])
+            rate = len(rows) / (time.perf_counter() - t0)
+            print(f"{slug}: {len(rows)} embedded ({rate:.0f}/s), {held_out.sum()} held out")
 
 
 # ---------------------------------------------------------- the paper's own step
@@ -330,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("export")
     p.add_argument("--home", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--embedder", default="minilm-l6-v2")
+    p.add_argument("--out", default=".science/data")
+    p = sub.add_parser("embed")
+    p.add_argument("--data", default=".science/data")
+    p.add_argument("--limit", type=int, default=None, help="the first N texts per domain")
     p = sub.add_parser("train")
     p.add_argument("--data", default=".science/data")
     p.add_argument("--out", default="paper_table_out")
@@ -343,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", default="docs/science")
     args = parser.parse_args(argv)
     if args.cmd == "export":
-        export(args.home, Path(args.out), args.embedder)
+        export(args.home, Path(args.out))
+    elif args.cmd == "embed":
+        embed(Path(args.data), Path(args.data) / "minilm", args.limit)
     elif args.cmd == "train":
         train(args)
     else:
