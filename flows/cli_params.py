@@ -126,7 +126,11 @@ def _parse(field: FieldInfo, value: Any, flag: str) -> Any:
     items = [v.strip() for v in str(value).split(",") if v.strip()]
     if not items:
         raise fail(f"{flag} is empty: give one or more comma-separated values")
-    (item_type,) = typing.get_args(field.annotation) or (str,)
+    list_type = next(
+        (a for a in typing.get_args(field.annotation) if typing.get_origin(a) is list),
+        field.annotation,
+    )  # list[int] | None: the list[int]
+    (item_type,) = typing.get_args(list_type) or (str,)
     if item_type is int:
         try:
             return [int(v) for v in items]

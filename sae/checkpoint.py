@@ -44,6 +44,8 @@ _SHAPES = {
     "b_pre": lambda n, d: (d,),
 }
 _COUNTER = "samples_since_fired"
+# BatchTopK's inference threshold, shape [1] (only models with BatchTopK selection).
+_THRESHOLD = "threshold"
 
 
 @contextmanager
@@ -97,6 +99,9 @@ def save_sae(
     # The dead-latent counter too: the dead fraction of a loaded model is then the one
     # its training ended with.
     tensors[_COUNTER] = model.samples_since_fired.detach().cpu().contiguous()
+    threshold = getattr(model, _THRESHOLD, None)
+    if threshold is not None:
+        tensors[_THRESHOLD] = threshold.detach().float().cpu().reshape(1)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(tensors, tmp, metadata={"format_version": str(CFG_FORMAT_VERSION)})
     cfg = build_cfg(model.cfg, train_cfg, run)
@@ -144,6 +149,14 @@ def load_sae(directory: str | os.PathLike, device: str | torch.device = "cpu"):
     counter = tensors.get(_COUNTER)  # absent from files written before it was saved
     if counter is not None and counter.shape == model.samples_since_fired.shape:
         model.samples_since_fired.copy_(counter)
+    if hasattr(model, _THRESHOLD):
+        threshold = tensors.get(_THRESHOLD)
+        if threshold is None or threshold.numel() != 1:
+            raise CheckpointError(
+                f"{weights_path}: arch {sae_cfg.arch!r} selects by a learned threshold, "
+                "but the file holds no one-element 'threshold' tensor"
+            )
+        model.threshold.copy_(threshold.reshape(()))
     return model.to(device)
 
 

@@ -8,17 +8,36 @@ everywhere else: CLI options, flow parameters, MLflow params and ``cfg.json``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 # Bump when cfg.json gains a field that old readers cannot ignore.
-CFG_FORMAT_VERSION = 2  # 2: train.checkpoint_every_s
+# 2: train.checkpoint_every_s. 3: sae.arch, prefixes, matryoshka_selection, threshold_decay
+# (a file without them is a TopK SAE: their defaults).
+CFG_FORMAT_VERSION = 3
 
 # The paper's dead-latent window: 266 steps, about one epoch of astro-ph at batch 1024.
 PAPER_DEAD_STEPS = 266
 
-_CELL_NAME = re.compile(r"^(?P<domain>.+)_(?P<k>\d+)_(?P<n>\d+)_(?P<batch>\d+)$")
+_CELL_NAME = re.compile(
+    r"^(?P<domain>.+)_(?P<k>\d+)_(?P<n>\d+)_(?P<batch>\d+)(?:_(?P<arch>[a-z][a-z_]*))?$"
+)
+
+Arch = Literal["topk", "batchtopk", "matryoshka"]
+Selection = Literal["topk", "batchtopk"]
+ARCHS: tuple[str, ...] = ("topk", "batchtopk", "matryoshka")
+
+# A BatchTopK code is stored fixed-width, [B, w] values and indices padded with zeros, so
+# the sparse ops (Triton and torch) serve it unchanged: w = min(n, 4k). A sample that the
+# batch would give more than 4k latents keeps its largest 4k (then fewer than k*B are kept
+# in that batch); wider costs every sparse op in proportion.
+BATCHTOPK_WIDTH_FACTOR = 4
+
+# Matryoshka prefixes by default: the paper grid's n values as fractions of its largest
+# (3072, 4608, 6144, 9216 of 12288), so n = 12288 nests exactly the grid's dictionaries.
+_PAPER_PREFIX_FRACTIONS = (3072 / 12288, 4608 / 12288, 6144 / 12288, 9216 / 12288)
 
 
 class ConfigError(ValueError):
@@ -52,6 +71,39 @@ class SAEConfig:
     266 x 1024."""
     multi_topk: bool = False
     """Also reconstruct from the top 4k latents, with weight 1/8 (Multi-TopK)."""
+    arch: Arch = dataclasses.field(
+        default="topk",
+        metadata={
+            "help": "topk: each sample's top k latents (the paper). batchtopk: the top k x "
+            "batch of the whole batch in training, a learned threshold at inference "
+            "(Bussmann et al. 2024). matryoshka: nested prefixes of the dictionary, each "
+            "trained to reconstruct alone (Bussmann et al. 2025)."
+        },
+    )
+    prefixes: tuple[int, ...] | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Matryoshka prefix sizes, ascending, the last = n_latents. Default: "
+            "n x (1/4, 3/8, 1/2, 3/4, 1), the paper grid's n values for n = 12288."
+        },
+    )
+    """Resolved to numbers in ``__post_init__`` for ``arch="matryoshka"`` (cfg.json records
+    them); None for the other archs."""
+    matryoshka_selection: Selection = dataclasses.field(
+        default="topk",
+        metadata={
+            "help": "How a Matryoshka SAE selects latents: topk (per sample, as the grid's "
+            "other cells, so prefixes compare with them at equal k) or batchtopk (as "
+            "Bussmann et al. 2025)."
+        },
+    )
+    threshold_decay: float = dataclasses.field(
+        default=0.99,
+        metadata={
+            "help": "BatchTopK inference threshold: EMA decay of the smallest activation "
+            "kept per training batch (the first batch sets it, as in dictionary_learning)."
+        },
+    )
 
     def __post_init__(self) -> None:
         _positive("d_in", self.d_in)
@@ -71,6 +123,74 @@ class SAEConfig:
             raise ConfigError(
                 f"dead_threshold_samples must be positive, got {self.dead_threshold_samples}"
             )
+        self._check_arch()
+
+    def _check_arch(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {list(ARCHS)}, got {self.arch!r}")
+        if self.matryoshka_selection not in ("topk", "batchtopk"):
+            raise ConfigError(
+                "matryoshka_selection must be 'topk' or 'batchtopk', "
+                f"got {self.matryoshka_selection!r}"
+            )
+        if self.arch != "matryoshka":
+            if self.prefixes is not None:
+                raise ConfigError(
+                    f"prefixes are Matryoshka prefix sizes: set arch='matryoshka' to use "
+                    f"them (arch={self.arch!r})"
+                )
+            if self.matryoshka_selection != "topk":
+                raise ConfigError(
+                    f"matryoshka_selection applies to arch='matryoshka' only (arch={self.arch!r})"
+                )
+        if self.multi_topk and self.arch != "topk":
+            raise ConfigError(f"multi_topk is defined for arch='topk' only (arch={self.arch!r})")
+        if not 0.0 <= self.threshold_decay < 1.0:
+            raise ConfigError(f"threshold_decay must be in [0, 1), got {self.threshold_decay}")
+        if self.arch == "matryoshka":
+            prefixes = self.prefixes
+            if prefixes is None:
+                n = self.n_latents
+                prefixes = sorted({max(1, round(n * f)) for f in _PAPER_PREFIX_FRACTIONS} | {n})
+            prefixes = tuple(prefixes)
+            if any(not isinstance(m, int) or isinstance(m, bool) for m in prefixes):
+                raise ConfigError(f"prefixes must be integers, got {list(prefixes)}")
+            if not prefixes or prefixes[-1] != self.n_latents:
+                raise ConfigError(
+                    f"the last prefix must be n_latents={self.n_latents} (the whole "
+                    f"dictionary), got prefixes={list(prefixes)}"
+                )
+            if prefixes[0] < 1 or any(a >= b for a, b in itertools.pairwise(prefixes)):
+                raise ConfigError(
+                    f"prefixes must be positive and strictly ascending, got {list(prefixes)}"
+                )
+            object.__setattr__(self, "prefixes", prefixes)
+
+    @property
+    def selection(self) -> Selection:
+        """How latents are chosen in training: per sample (topk) or per batch (batchtopk)."""
+        if self.arch == "batchtopk" or (
+            self.arch == "matryoshka" and self.matryoshka_selection == "batchtopk"
+        ):
+            return "batchtopk"
+        return "topk"
+
+    @property
+    def code_width(self) -> int:
+        """Slots of a code ([B, w] values and indices): k for TopK (4k with Multi-TopK);
+        min(n, 4k) for BatchTopK, whose samples hold varying counts padded with zeros."""
+        if self.selection == "batchtopk":
+            return min(BATCHTOPK_WIDTH_FACTOR * self.k, self.n_latents)
+        return self.k_encode
+
+    @property
+    def name_suffix(self) -> str:
+        """Cell-name suffix telling archs of the same (k, n) apart: '' for the paper's TopK."""
+        if self.arch == "topk":
+            return ""
+        if self.arch == "matryoshka" and self.matryoshka_selection == "batchtopk":
+            return "_matryoshka_batchtopk"
+        return f"_{self.arch}"
 
     @property
     def dead_threshold(self) -> int:
@@ -193,16 +313,19 @@ class RunInfo:
     code_version: str = "unknown"
 
 
-def cell_name(domain: str, k: int, n_latents: int, batch_size: int) -> str:
+def cell_name(domain: str, k: int, n_latents: int, batch_size: int, suffix: str = "") -> str:
     """``{domain}_{k}_{n}_{batch}`` as the released checkpoints name them: an arXiv domain
     is its archive then its subject in capitals (``cs.LG`` -> ``csLG_128_3072_256``,
-    ``astro-ph`` -> ``astroPH_16_3072_1024``); a name without ``.`` or ``-`` is kept."""
+    ``astro-ph`` -> ``astroPH_16_3072_1024``); a name without ``.`` or ``-`` is kept.
+    ``suffix`` (:attr:`SAEConfig.name_suffix`, e.g. ``_matryoshka``) follows for the
+    archs other than TopK, so they never share a folder with the grid's TopK cell."""
     archive, *subject = re.split(r"[.-]", domain)
-    return f"{archive}{''.join(subject).upper()}_{k}_{n_latents}_{batch_size}"
+    return f"{archive}{''.join(subject).upper()}_{k}_{n_latents}_{batch_size}{suffix}"
 
 
 def parse_cell_name(name: str) -> tuple[str, int, int, int]:
-    """``csLG_128_3072_256`` -> (``csLG``, 128, 3072, 256)."""
+    """``csLG_128_3072_256`` -> (``csLG``, 128, 3072, 256); an arch suffix
+    (``csLG_128_12288_256_matryoshka``) is accepted and not returned."""
     m = _CELL_NAME.match(name)
     if m is None:
         raise ConfigError(

@@ -3,7 +3,7 @@
 :func:`evaluate` gives back the scalar :class:`EvalMetrics` and the per-latent
 densities they summarise (an :class:`Evaluation`).
 
-log_feature_density: density_i = fraction of eval samples whose top-k holds latent i;
+log_feature_density: density_i = fraction of eval samples whose code holds latent i;
 the metric is the mean of log10(density_i) over latents that fired at least once on the
 split (log10(0) is -inf). Its ceiling is log10(k / n), reached when every latent fires
 equally often.
@@ -35,7 +35,8 @@ class EvalMetrics:
     dead_fraction: float
     """Share of latents dead by the training rule (the model's counter, or the mask given)."""
     l0: float
-    """Mean number of nonzero activations per sample (at most k)."""
+    """Mean number of nonzero activations per sample (at most k for TopK; BatchTopK's
+    varies per sample, at most ``cfg.code_width``)."""
     auxk_loss: float
     """AuxK loss over the split, using the training dead mask (0 when none are dead)."""
     n_samples: int
@@ -53,8 +54,9 @@ class Evaluation(NamedTuple):
 
     metrics: EvalMetrics
     density: np.ndarray
-    """[n] float64: the share of samples whose top-k holds latent i (latents picked
-    with a value the ReLU zeroed count too, so the entries sum to k)."""
+    """[n] float64: the share of samples whose code holds latent i. TopK: latents
+    picked with a value the ReLU zeroed count too, so the entries sum to k. BatchTopK:
+    only nonzero values (a row's padding slots are not latents it selected)."""
 
 
 @torch.no_grad()
@@ -69,6 +71,8 @@ def evaluate(
     numpy array; rows are moved to the model's device per batch).
 
     Sums are accumulated on the device in float64 and read back once at the end.
+    The model runs in ``eval()`` mode (BatchTopK selects by its threshold, as at
+    inference), then goes back to the mode it was in.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -90,21 +94,31 @@ def evaluate(
     nonzero = torch.zeros((), dtype=torch.long, device=device)
     aux_sum = torch.zeros((), dtype=torch.float64, device=device)
     aux_batches = 0
-    for start in range(0, N, batch_size):
-        x = x_ND[start : start + batch_size].to(device=device, dtype=torch.float32)
-        out = model(x, dead_mask_N=dead, compute_dtype=compute_dtype)
-        xd = x.double()
-        sq_err += (out.x_hat.double() - xd).pow(2).sum()
-        sum_x += xd.sum(dim=0)
-        sum_x2 += xd.pow(2).sum()
-        fires_N += torch.bincount(out.indices.reshape(-1), minlength=n)
-        active = out.values > 0
-        act_sum += out.values.double().sum()
-        nonzero += active.sum()
-        # A batch of one has no variance: its AuxK loss is undefined, so it is skipped.
-        if x.shape[0] > 1:
-            aux_sum += out.auxk_loss.double()
-            aux_batches += 1
+    padded = model.cfg.selection == "batchtopk"
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, N, batch_size):
+            x = x_ND[start : start + batch_size].to(device=device, dtype=torch.float32)
+            out = model(x, dead_mask_N=dead, compute_dtype=compute_dtype)
+            xd = x.double()
+            sq_err += (out.x_hat.double() - xd).pow(2).sum()
+            sum_x += xd.sum(dim=0)
+            sum_x2 += xd.pow(2).sum()
+            if padded:
+                fired = (out.values > 0).reshape(-1).long()
+                fires_N.index_add_(0, out.indices.reshape(-1), fired)
+            else:
+                fires_N += torch.bincount(out.indices.reshape(-1), minlength=n)
+            active = out.values > 0
+            act_sum += out.values.double().sum()
+            nonzero += active.sum()
+            # A batch of one has no variance: its AuxK loss is undefined, so it is skipped.
+            if x.shape[0] > 1:
+                aux_sum += out.auxk_loss.double()
+                aux_batches += 1
+    finally:
+        model.train(was_training)
     total = sum_x2 - sum_x.pow(2).sum() / N
     nmse = (sq_err / total.clamp_min(1e-30)).item()
     density = fires_N.double() / N

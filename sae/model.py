@@ -6,6 +6,19 @@
 
 W_dec is stored one latent per contiguous row ([n, d]) and kept at unit row norm.
 ``b_pre`` starts at a median of the data (:func:`data_median`); the loss is :func:`fvu`.
+
+``SAEConfig.arch`` changes only how latents are selected and what the loss sums:
+
+- ``batchtopk`` (Bussmann et al. 2024): in training the top k*B of relu(z_pre) over the
+  whole batch, so samples hold varying counts; at inference every latent with
+  z_pre > theta, theta an EMA of the smallest activation kept per training batch (the
+  ``threshold`` buffer). Codes stay fixed-width, [B, w] with w = ``cfg.code_width``, a
+  row's unused slots holding value 0, so the sparse ops serve them unchanged.
+- ``matryoshka`` (Bussmann et al. 2025; Nabeshima 2024): the same code, and the loss is
+  the *mean* over prefixes m of the NMSE of the reconstruction from the selected latents
+  with index < m. A mean, as in Bussmann et al.'s code, rather than the paper's sum: the
+  loss then keeps the scale of one NMSE, so grad_clip and aux_coef mean what they mean
+  for the other archs.
 """
 
 from __future__ import annotations
@@ -25,9 +38,10 @@ class SAEOutput(NamedTuple):
     x_hat: torch.Tensor
     """Reconstruction from the top k latents, [B, d]."""
     values: torch.Tensor
-    """Top-k activations after ReLU, [B, k] (sorted, largest first)."""
+    """Activations after ReLU, [B, w] (sorted, largest first): w = k for TopK; for
+    BatchTopK w = ``cfg.code_width`` and the slots after a row's kept latents hold 0."""
     indices: torch.Tensor
-    """Latent ids of ``values``, [B, k]."""
+    """Latent ids of ``values``, [B, w] (a zero-valued slot's id means nothing)."""
     nmse: torch.Tensor
     """Centred normalised MSE of ``x_hat`` over the batch (scalar)."""
     auxk_loss: torch.Tensor
@@ -35,7 +49,11 @@ class SAEOutput(NamedTuple):
     multi_topk_nmse: torch.Tensor
     """NMSE of the top-4k reconstruction (0 unless Multi-TopK is on)."""
     loss: torch.Tensor
-    """nmse + aux_coef * auxk_loss (+ multi_topk_nmse / 8)."""
+    """nmse + aux_coef * auxk_loss (+ multi_topk_nmse / 8); for Matryoshka the mean of
+    ``prefix_nmse`` replaces nmse."""
+    prefix_nmse: torch.Tensor | None = None
+    """[L] NMSE of each Matryoshka prefix's reconstruction, ``cfg.prefixes`` order (the
+    last is ``nmse``); None for the other archs."""
 
 
 def fvu(x_hat_BD: torch.Tensor, x_BD: torch.Tensor) -> torch.Tensor:
@@ -62,7 +80,11 @@ class TopKSAE(nn.Module):
     """A TopK SAE with parameters named after the released checkpoints' roles.
 
     Parameters: ``W_enc`` [n, d], ``b_lat`` [n], ``W_dec`` [n, d], ``b_pre`` [d].
-    Buffer: ``samples_since_fired`` [n], the dead-latent counter (in samples).
+    Buffers: ``samples_since_fired`` [n], the dead-latent counter (in samples); with
+    BatchTopK selection also ``threshold`` [] (-1 until a training batch sets it).
+
+    In ``train()`` mode (the default) BatchTopK selects over the batch; in ``eval()``
+    mode by the threshold, as :meth:`encode` always does.
     """
 
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None):
@@ -76,6 +98,9 @@ class TopKSAE(nn.Module):
         self.b_lat = nn.Parameter(torch.zeros(n))
         self.b_pre = nn.Parameter(torch.zeros(d))
         self.register_buffer("samples_since_fired", torch.zeros(n, dtype=torch.long))
+        if cfg.selection == "batchtopk":
+            # Negative = not estimated yet; a real threshold is an activation, >= 0.
+            self.register_buffer("threshold", torch.tensor(-1.0))
 
     # ------------------------------------------------------------------ encode
     @property
@@ -98,13 +123,40 @@ class TopKSAE(nn.Module):
     def encode(
         self, x_BD: torch.Tensor, k: int | None = None, compute_dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k codes: (values [B, k] after ReLU, indices [B, k]), largest first."""
+        """Inference codes: (values [B, w] after ReLU, indices [B, w]), largest first.
+
+        TopK and Matryoshka-TopK: each sample's top k (w = k). BatchTopK: the latents
+        with z_pre above the learned threshold, at most w = ``cfg.code_width`` per
+        sample, unused slots 0. ``k`` given: each sample's top k, whatever the arch.
+        """
         self._check_input(x_BD)
-        k = self.k if k is None else k
-        x_c = x_BD - self.b_pre
-        values, indices = self.pre_activations(x_c, compute_dtype).topk(k, dim=1, sorted=True)
+        z_pre = self.pre_activations(x_BD - self.b_pre, compute_dtype)
+        if k is None:
+            values, indices, keep = self._select(z_pre, batch=False)
+        else:
+            (values, indices), keep = z_pre.topk(k, dim=1, sorted=True), None
         values = selected_encode(x_BD, self.b_pre, self.W_enc, self.b_lat, indices, values)
-        return torch.relu(values), indices
+        values = torch.relu(values)
+        return (values, indices) if keep is None else (values.masked_fill(~keep, 0.0), indices)
+
+    def _select(self, z_pre_BN: torch.Tensor, batch: bool):
+        """(pre-activations [B, w], indices [B, w], kept [B, w] bool or None) of the code.
+
+        TopK: each row's top ``k_encode``, all kept (None). BatchTopK: each row's top w;
+        ``batch``: kept are the batch's top k*B of relu(z_pre) (all of them lie in their
+        rows' top w unless a row holds more than w); else those above the threshold.
+        """
+        cfg = self.cfg
+        if cfg.selection == "topk":
+            v, i = z_pre_BN.topk(cfg.k_encode, dim=1, sorted=True)
+            return v, i, None
+        v_BW, i_BW = z_pre_BN.topk(cfg.code_width, dim=1, sorted=True)
+        if not batch:
+            return v_BW, i_BW, v_BW > self.threshold
+        flat = v_BW.clamp_min(0.0).flatten()
+        kept = flat.topk(min(cfg.k * v_BW.shape[0], flat.numel()), sorted=False).indices
+        keep = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, kept, True)
+        return v_BW, i_BW, keep.view_as(v_BW)
 
     def decode(self, values_BK: torch.Tensor, indices_BK: torch.Tensor) -> torch.Tensor:
         """Reconstruction [B, d] from sparse codes; touches only the k selected rows."""
@@ -131,7 +183,7 @@ class TopKSAE(nn.Module):
             dead_mask_N = self.dead_mask()
         x_c = x_BD - self.b_pre
         z_pre = self.pre_activations(x_c, compute_dtype) if z_pre_BN is None else z_pre_BN
-        top_v, top_i = z_pre.topk(cfg.k_encode, dim=1, sorted=True)
+        top_v, top_i, keep = self._select(z_pre, batch=self.training)
         aux = self._aux_select(z_pre, dead_mask_N)
         if aux is not None:
             sel_i = torch.cat([top_i, aux[0]], dim=1)
@@ -141,11 +193,26 @@ class TopKSAE(nn.Module):
         sel_v = selected_encode(x_BD, self.b_pre, self.W_enc, self.b_lat, sel_i, sel_v)
         sel_v = torch.relu(sel_v)
 
-        k = cfg.k
-        values, indices = sel_v[:, :k], sel_i[:, :k]
+        # Slots of the code: k (Multi-TopK's extra 3k only enter its own loss), or w.
+        kt = top_i.shape[1]
+        w = cfg.k if keep is None else kt
+        values, indices = sel_v[:, :w], sel_i[:, :w]
+        if keep is not None:
+            values = values.masked_fill(~keep, 0.0)  # and no gradient to unkept slots
         x_hat = self.decode(values, indices)
         nmse = fvu(x_hat, x_BD)
         zero = nmse.new_zeros(())
+
+        recon, prefix_nmse = nmse, None
+        if cfg.arch == "matryoshka":
+            prefix_nmse = torch.stack(
+                [
+                    fvu(self.decode(values.masked_fill(indices >= m, 0.0), indices), x_BD)
+                    for m in cfg.prefixes[:-1]
+                ]
+                + [nmse]
+            )
+            recon = prefix_nmse.mean()
 
         multi = zero
         if cfg.multi_topk:
@@ -154,13 +221,12 @@ class TopKSAE(nn.Module):
 
         auxk = zero
         if aux is not None:
-            kt = cfg.k_encode
             residual = x_BD - x_hat.detach()
             e_hat = sparse_decode(sel_v[:, kt:], sel_i[:, kt:], self.W_dec)
             auxk = torch.nan_to_num(fvu(e_hat, residual), nan=0.0)
 
-        loss = nmse + cfg.aux_coef * auxk + multi / 8.0
-        return SAEOutput(x_hat, values, indices, nmse, auxk, multi, loss)
+        loss = recon + cfg.aux_coef * auxk + multi / 8.0
+        return SAEOutput(x_hat, values, indices, nmse, auxk, multi, loss, prefix_nmse)
 
     def _aux_select(self, z_pre_BN: torch.Tensor, dead_mask_N: torch.Tensor):
         """(indices, pre-activations) of the top-k_aux dead latents, or None if none is dead.
@@ -187,11 +253,39 @@ class TopKSAE(nn.Module):
         return self.samples_since_fired > self.cfg.dead_threshold
 
     @torch.no_grad()
-    def update_dead_counter(self, indices_BK: torch.Tensor) -> None:
-        """Reset the counter of every latent in some sample's top k; add B to the rest."""
-        fired = torch.zeros_like(self.samples_since_fired, dtype=torch.bool)
-        fired.index_fill_(0, indices_BK.reshape(-1), True)  # no host sync, unlike bincount
+    def update_dead_counter(
+        self, indices_BK: torch.Tensor, values_BK: torch.Tensor | None = None
+    ) -> None:
+        """Reset the counter of every latent in some sample's code; add B to the rest.
+
+        TopK: every slot of the top k counts, zeroed by the ReLU or not (the paper's
+        code). BatchTopK: only slots with a nonzero value (``values_BK`` required), since
+        a row's padding slots carry ids that were not selected.
+        """
+        idx = indices_BK.reshape(-1)
+        if self.cfg.selection == "batchtopk":
+            if values_BK is None:
+                raise ValueError("a BatchTopK code pads with zeros: pass its values too")
+            hits = torch.zeros(self.n_latents, device=idx.device)
+            fired = hits.index_add_(0, idx, (values_BK > 0).reshape(-1).float()) > 0
+        else:
+            fired = torch.zeros_like(self.samples_since_fired, dtype=torch.bool)
+            fired.index_fill_(0, idx, True)  # no host sync, unlike bincount
         self.samples_since_fired.add_(indices_BK.shape[0]).masked_fill_(fired, 0)
+
+    @torch.no_grad()
+    def update_threshold(self, values_BW: torch.Tensor) -> None:
+        """BatchTopK: theta <- decay * theta + (1 - decay) * the batch's smallest kept
+        activation (the first batch sets it); a no-op for TopK selection.
+
+        ``values_BW``: the training code's values (unkept slots 0). No host sync.
+        """
+        if self.cfg.selection != "batchtopk":
+            return
+        low = values_BW.masked_fill(values_BW <= 0, torch.inf).min().to(self.threshold.dtype)
+        theta, decay = self.threshold, self.cfg.threshold_decay
+        ema = torch.where(theta < 0, low, decay * theta + (1.0 - decay) * low)
+        self.threshold.copy_(torch.where(torch.isfinite(low), ema, theta))
 
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:

@@ -6,7 +6,8 @@ depends only on (seed, k, n); so a cell trained in a pack matches the same cell
 trained alone. Each cell keeps its own optimiser, dead-latent counter, checkpoint
 and resume point.
 
-Checkpoint folder per cell (``out_dir/{domain}_{k}_{n}_{batch}/``):
+Checkpoint folder per cell (``out_dir/{domain}_{k}_{n}_{batch}/``, with an arch suffix
+such as ``_matryoshka`` for the archs other than TopK):
     train_state.pt      everything needed to resume (weights, Adam, schedule,
                         dead counters, data position, log accumulators; once
                         done, the eval densities)
@@ -34,6 +35,7 @@ from sae.config import (
     SAEConfig,
     TrainConfig,
     cell_name,
+    from_dict,
     resolve_dead_threshold,
     to_dict,
 )
@@ -124,7 +126,10 @@ class PackTrainer:
         if len(d_ins) != 1:
             raise ConfigError(f"all cells of a pack must share d_in, got {sorted(d_ins)}")
         self.run = run or RunInfo()
-        names = [cell_name(self.run.domain, c.k, c.n_latents, train.batch_size) for c in configs]
+        names = [
+            cell_name(self.run.domain, c.k, c.n_latents, train.batch_size, c.name_suffix)
+            for c in configs
+        ]
         if len(set(names)) != len(names):
             raise ConfigError(f"duplicate cells in the pack: {names}")
         self.configs = list(configs)
@@ -285,7 +290,8 @@ class PackTrainer:
         out.loss.backward()
         constrained_step(model, c.opt, self.train.grad_clip)
         c.sched.step()
-        model.update_dead_counter(out.indices)
+        model.update_dead_counter(out.indices, out.values)
+        model.update_threshold(out.values)
         c.step += 1
         self._accumulate(c, out)
         if self.train.log_every_steps and c.step % self.train.log_every_steps == 0:
@@ -356,9 +362,11 @@ class PackTrainer:
         if d is None or not (d / STATE_FILE).is_file():
             return
         state = torch.load(d / STATE_FILE, map_location=self.device, weights_only=True)
+        # Through SAEConfig, so a state written before a field existed reads as its default.
+        saved_sae = to_dict(from_dict(SAEConfig, state["sae_cfg"], f"{d / STATE_FILE} [sae_cfg]"))
         # How often a run logs or checkpoints may change between runs; the rest may not.
         for key, saved, current in (
-            ("sae_cfg", state["sae_cfg"], to_dict(c.cfg)),
+            ("sae_cfg", saved_sae, to_dict(c.cfg)),
             ("train_cfg", TrainConfig.weights_of(state["train_cfg"]), self.train.weight_key()),
         ):
             if saved != current:

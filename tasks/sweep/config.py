@@ -68,6 +68,10 @@ class GridParams(BaseModel):
     seed: int = _knob("seed")
     checkpoint_every_s: float = _knob("checkpoint_every_s")
     dead_threshold_samples: int | None = _knob("dead_threshold_samples", gt=0)
+    arch: Literal["topk", "batchtopk", "matryoshka"] = _knob("arch")
+    prefixes: list[int] | None = _knob("prefixes")
+    matryoshka_selection: Literal["topk", "batchtopk"] = _knob("matryoshka_selection")
+    threshold_decay: float = _knob("threshold_decay")
 
     @field_validator("k", "n_latents")
     @classmethod
@@ -95,6 +99,11 @@ class GridParams(BaseModel):
                 f"k={k} is larger than n_latents={n}: a TopK SAE cannot select more latents "
                 "than it has (drop that k or that n)"
             )
+        for k, n in self.cells():
+            try:
+                SAEConfig(d_in=1, n_latents=n, k=k, **self.sae_options())
+            except ConfigError as exc:
+                raise ValueError(f"cell (k={k}, n={n}): {exc}") from None
         return self
 
     def cells(self) -> list[tuple[int, int]]:

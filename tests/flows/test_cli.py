@@ -146,3 +146,16 @@ def test_train_names_an_unreadable_matrix_file(tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", "--data", str(bad), "--k", "4", "--n", "64"])
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "unexpected" not in result.output
+
+
+def test_the_arch_settings_are_sweep_options(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_run_sweep", lambda params: seen.append(params) or [])
+    args = ["sweep", "cs_lg", "--k", "4", "--n", "64", "--arch", "matryoshka"]
+    result = runner.invoke(app, [*args, "--prefixes", "16,64"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].prefixes == [16, 64]
+    assert seen[0].sae_options()["arch"] == "matryoshka"
+    result = runner.invoke(app, [*args, "--n", "32,64", "--prefixes", "16,64"])
+    assert result.exit_code == 2
+    assert "the last prefix must be n_latents=32" in result.output
