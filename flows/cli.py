@@ -1,8 +1,9 @@
 """The ``sae`` command line.
 
-Imports that pull in torch, Prefect, Ray or MLflow (``flows.sweep``, ``tasks.sweep.train``,
-``tasks.embed.run``, ...) stay inside the commands that need them: on 2 cores they cost
-3-12 s, which ``sae --help``, ``sae info`` or ``sae ingest`` should not pay.
+Imports that pull in torch, Prefect, Ray or MLflow (``flows.sweep``, ``tasks.sweep.*``)
+stay inside the commands that need them: on 2 busy cores ``tasks.sweep.*`` (torch) added
+~10 s to the import of this module and ``flows.sweep`` ~25 s (measured), which
+``sae --help``, ``sae info`` or ``sae ingest`` should not pay.
 """
 
 from __future__ import annotations
@@ -12,24 +13,34 @@ from importlib import metadata
 from typing import Annotated
 
 import typer
+from tqdm import tqdm
 
 from flows.cli_common import (
-    bug,
-    debug,
-    fail,
+    SERVICE_ERRORS,
+    ExitCodes,
+    exit_codes,
     parse_date,
     quiet_prefect_console,
     set_debug,
     setup_logging,
 )
 from flows.cli_params import model_command
+from flows.stack_cli import register as register_stack_commands
 from infra.code_version import code_version
 from infra.local_stack import StackError, check_mlflow, check_prefect, prefect_for_run
 from infra.ray_runtime import RayUnavailableError, ensure_ray
 from infra.settings import get_settings
 from infra.store import Store, StoreError
-from infra.tracking import TrackingUnavailableError, mlflow_client
+from infra.tracking import mlflow_client
 from tasks.corpus.domains import DOMAIN_HELP, UnknownDomainError, get_domain
+from tasks.corpus.ingest import harvest as run_harvest
+from tasks.corpus.ingest import ingest_source
+from tasks.corpus.readers import SourceError
+from tasks.corpus.storage import WatermarkError
+from tasks.embed.embedders import EmbedderError
+from tasks.embed.manifest import EmbeddingStoreError
+from tasks.embed.run import EmbedFailedError, EmptyCorpusError, embed_domain
+from tasks.reembed import LeaseError, LeaseLostError, ReembedIncompleteError, ReembedParams
 from tasks.sweep.config import MatrixParams, SweepParams
 
 app = typer.Typer(
@@ -77,7 +88,7 @@ def _version(dist: str) -> str:
 @app.command()
 def info() -> None:
     """Versions, device, kernel backend and the effective settings."""
-    from tasks.sweep.train import compute_info
+    from tasks.sweep.train import compute_info  # torch: see the module's docstring
 
     settings = get_settings()
     rows = [("python", platform.python_version()), ("arxiv-sae", _version("arxiv-sae"))]
@@ -97,6 +108,7 @@ def train(params: MatrixParams) -> None:
     Checkpoints go to {SAE_STORE}/sae/{run_id}/{domain}_{k}_{n}_{batch}/; running the
     same command again resumes unfinished cells and skips finished ones.
     """
+    # torch: see the module's docstring
     from tasks.sweep.preflight import BAD_INPUT
     from tasks.sweep.results import TRAIN_COLUMNS, results_table
     from tasks.sweep.train import matrix_pack, train_pack
@@ -115,13 +127,11 @@ def train(params: MatrixParams) -> None:
             f"loss {m['train_loss']:.4f}  dead {m['train_dead_fraction']:.3f}"
         )
 
-    try:
+    with exit_codes([(BAD_INPUT, 2)]):
         spec = matrix_pack(params, store)
         where = store.uri(spec.folder)
         typer.echo(f"training {len(spec.cells)} cell(s) on {spec.data.id} -> {where}")
         refs = train_pack(spec, store, settings.home / "scratch", settings.torch_device(), on_log)
-    except BAD_INPUT as exc:
-        raise fail(exc) from exc
     typer.echo("")
     typer.echo(results_table([r.row() for r in refs], TRAIN_COLUMNS))
 
@@ -150,15 +160,10 @@ def ingest(
     be read is kept),
     2 when it could not be read at all.
     """
-    from tasks.corpus.ingest import ingest_source
-    from tasks.corpus.readers import SourceError
-
     setup_logging()
-    try:
+    with exit_codes([((UnknownDomainError, SourceError, StoreError), 2)]):
         _, store, dom = _store_and_domain(domain)
         report = ingest_source(store, dom, source, format or None, limit or None)
-    except (UnknownDomainError, SourceError, StoreError) as exc:
-        raise fail(exc) from exc
     typer.echo(report.summary())
     for problem in report.input_errors:
         typer.echo(f"warning: the input itself is damaged: {problem}", err=True)
@@ -180,15 +185,15 @@ def harvest(
 
     At most one request every SAE_HARVEST_MIN_INTERVAL_S seconds (arXiv's terms: 3).
     """
+    # httpx and arXiv's client: 1.7 s more for `sae --help` (measured on 2 busy cores).
     from tasks.corpus.harvest import HarvestConfig, HarvestError, HarvestStats
-    from tasks.corpus.ingest import harvest as run_harvest
-    from tasks.corpus.storage import WatermarkError
 
     setup_logging()
     if source not in ("api", "oai"):
         raise typer.BadParameter(f"--source takes 'api' or 'oai', got {source!r}")
     stats = HarvestStats()
-    try:
+    bad = (UnknownDomainError, HarvestError, StoreError, WatermarkError, ValueError)
+    with exit_codes([(bad, 2)]):
         settings, store, dom = _store_and_domain(domain)
         config = HarvestConfig.from_settings(settings)
         report = run_harvest(
@@ -201,8 +206,6 @@ def harvest(
             limit=limit or None,
             stats=stats,
         )
-    except (UnknownDomainError, HarvestError, StoreError, WatermarkError, ValueError) as exc:
-        raise fail(exc) from exc
     typer.echo(report.summary())
     typer.echo(f"  {stats.requests} request(s), {stats.retries} retried")
     if report.watermark:
@@ -218,12 +221,6 @@ def embed(
     limit: Annotated[int, typer.Option(help="Embed at most this many new papers (0: all).")] = 0,
 ) -> None:
     """Embed the papers of DOMAIN that have no embedding yet (one Ray task per shard)."""
-    from tqdm import tqdm
-
-    from tasks.embed.embedders import EmbedderError
-    from tasks.embed.manifest import EmbeddingStoreError
-    from tasks.embed.run import EmbedFailedError, EmptyCorpusError, embed_domain
-
     setup_logging()
     bar = None
 
@@ -233,26 +230,18 @@ def embed(
             bar = tqdm(total=total, unit="paper", desc="embedding", disable=None)
         bar.update(done - bar.n)
 
+    bad = (UnknownDomainError, StoreError, EmptyCorpusError, EmbedderError, RayUnavailableError)
     try:
-        settings, store, dom = _store_and_domain(domain)
-        report = embed_domain(
-            store,
-            dom,
-            settings=settings,
-            spec=embedder or None,
-            limit=limit or None,
-            on_progress=on_progress,
-        )
-    except (
-        UnknownDomainError,
-        StoreError,
-        EmptyCorpusError,
-        EmbedderError,
-        EmbeddingStoreError,
-        EmbedFailedError,
-        RayUnavailableError,
-    ) as exc:
-        raise fail(exc) from exc
+        with exit_codes([((*bad, EmbeddingStoreError, EmbedFailedError), 2)]):
+            settings, store, dom = _store_and_domain(domain)
+            report = embed_domain(
+                store,
+                dom,
+                settings=settings,
+                spec=embedder or None,
+                limit=limit or None,
+                on_progress=on_progress,
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -274,7 +263,7 @@ def sweep(params: SweepParams) -> None:
     child run and a registered model per cell. A rerun retrains nothing; a sweep that died
     resumes its unfinished cells. Exits 0 only when every cell finished.
     """
-    from tasks.sweep.results import SWEEP_COLUMNS, results_table
+    from tasks.sweep.results import SWEEP_COLUMNS, results_table  # torch: see the docstring
 
     setup_logging(own_handler=False)
     for r in _run_sweep(params):
@@ -286,11 +275,12 @@ def sweep(params: SweepParams) -> None:
 
 
 def _run_sweep(params):
-    """Runs the flow against a Prefect server for this run; exit codes for the failures."""
-    from tasks.sweep.preflight import check_sweep_inputs
+    """Runs the flow against a Prefect server for this run. Exit codes: 1 when some cells
+    or shards failed (rerun to resume), 2 on bad input or a service down."""
+    from tasks.sweep.preflight import check_sweep_inputs  # torch: see the module's docstring
 
     settings = get_settings()
-    try:
+    with exit_codes(_sweep_exit_codes):
         # Fail at once on what is misconfigured, then on bad input, before any server starts.
         check_mlflow(settings)
         check_prefect(settings)
@@ -302,28 +292,15 @@ def _run_sweep(params):
 
             quiet_prefect_console()
             return sweep(params)
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        code = _sweep_exit_code(exc)
-        if code is None:
-            if debug():
-                raise
-            raise bug(exc) from exc
-        raise fail(exc, code) from exc
 
 
-def _sweep_exit_code(exc: Exception) -> int | None:
-    """1: some cells or shards failed (rerun to resume); 2: bad input or a service down."""
+def _sweep_exit_codes() -> ExitCodes:
+    # Loaded by then, or torch's seconds for nothing: see the module's docstring.
     from flows.sweep import SweepFailedError
-    from tasks.embed.manifest import EmbeddingStoreError
-    from tasks.embed.run import EmbedFailedError
     from tasks.sweep.preflight import BAD_INPUT
 
-    if isinstance(exc, SweepFailedError | EmbedFailedError):
-        return 1
-    services = (StackError, StoreError, TrackingUnavailableError, RayUnavailableError)
-    return 2 if isinstance(exc, BAD_INPUT + services + (EmbeddingStoreError,)) else None
+    bad = (*BAD_INPUT, *SERVICE_ERRORS, EmbeddingStoreError)
+    return [((SweepFailedError, EmbedFailedError), 1), (bad, 2)]
 
 
 def _warm_up(settings, params: SweepParams) -> None:
@@ -331,7 +308,7 @@ def _warm_up(settings, params: SweepParams) -> None:
     its server): import the flow (torch, MLflow, Prefect), open the MLflow store (a new
     sqlite file migrates for seconds) and start Ray (10-15 s), unless the same sweep
     finished before and a rerun most likely needs no Ray at all."""
-    import flows.sweep  # noqa: F401
+    import flows.sweep  # noqa: F401  (the point: its import overlaps the server's boot)
     from tasks.sweep.track import finished_before
 
     client = mlflow_client(settings)
@@ -345,20 +322,81 @@ def runs(
     sweep_id: Annotated[str, typer.Option("--sweep", help="Only this sweep id.")] = "",
 ) -> None:
     """Compare the cells recorded in MLflow: one row per child run, newest sweeps included."""
-    from tasks.sweep.compare import runs_table  # MLflow: seconds to import
+    from tasks.sweep.compare import runs_table  # MLflow, torch: see the module's docstring
 
-    try:
+    with exit_codes([((StackError, LookupError), 2)]):
         client = mlflow_client(get_settings())
         typer.echo(runs_table(client, domains=domain or None, sweep_id=sweep_id or None))
-    except (StackError, LookupError) as exc:
-        raise fail(exc) from exc
 
 
-from flows.reembed_cli import register as register_reembed  # noqa: E402
-from flows.stack_cli import register  # noqa: E402
+@model_command(app, ReembedParams, "reembed")
+def reembed(params: ReembedParams) -> None:
+    """Harvest DOMAIN's new arXiv papers, embed them, then move its watermark.
 
-register(app)
-register_reembed(app)
+    Harvests since the watermark without moving it, validates into the corpus (rejected
+    records to the quarantine), embeds only the papers without a vector (one Ray task per
+    shard) and moves the watermark once the vectors are stored. A crash leaves the
+    watermark as it was; run the command again to finish. Prints new / duplicate /
+    rejected / embedded counts; the same summary goes to the Prefect UI (an artifact)
+    and to MLflow (a run tagged run_kind=reembed in the domain's experiment).
+
+    Exits 0 when done, 1 when some papers could not be embedded (rerun to finish),
+    2 on bad input or an unreachable service, 3 when another re-embed of DOMAIN runs.
+    """
+    setup_logging(own_handler=False)
+    settings = get_settings()
+    with exit_codes(_reembed_exit_codes):
+        # What is misconfigured fails at once, before any server starts.
+        check_mlflow(settings)
+        Store.from_settings(settings).check_writable()
+        with prefect_for_run(settings, while_booting=_import_reembed):
+            from flows.reembed import reembed as reembed_flow  # imported meanwhile
+
+            quiet_prefect_console()
+            summary = reembed_flow(params)
+    typer.echo(_reembed_summary(summary))
+
+
+def _import_reembed() -> None:
+    # Prefect and MLflow: ~20 s on 2 busy cores (measured), overlapped with the server's boot.
+    import flows.reembed  # noqa: F401
+
+
+def _reembed_exit_codes() -> ExitCodes:
+    # Prefect (~7 s) and httpx with arXiv's client (~1.7 s) more for `sae --help`
+    # (measured on 2 busy cores); a run has them loaded by now.
+    from prefect.exceptions import CancelledRun
+
+    from tasks.corpus.harvest import HarvestError
+
+    partial = (EmbedFailedError, ReembedIncompleteError, LeaseLostError)
+    bad = (*SERVICE_ERRORS, HarvestError, WatermarkError, EmbedderError, EmbeddingStoreError)
+    return [(CancelledRun, 3), (partial, 1), ((*bad, LeaseError, ValueError), 2)]
+
+
+def _reembed_summary(s: dict) -> str:
+    """The counts, the window, the watermark and where things are."""
+    before, after = s.get("watermark_before"), s.get("watermark")
+    moved = f"-> {after}" if after and after != before else "(unchanged)"
+    lines = [
+        f"{s['domain']} (arXiv {s['source']} {s['since']}..{s['until']}): "
+        f"{s.get('new', 0)} new, {s.get('duplicate', 0)} duplicate, "
+        f"{s.get('rejected', 0)} rejected, {s.get('other_domain', 0)} in other domains; "
+        f"{s.get('embedded', 0)} embedded with {s['embedder']}",
+        f"  watermark: {before or 'none'} {moved}",
+    ]
+    if s.get("quarantine_uri"):
+        lines.append(f"  rejected records and reasons: {s['quarantine_uri']}")
+    if s.get("namespace"):
+        lines.append(f"  vectors: {s['namespace']}")
+    if s.get("mlflow_run_id"):
+        lines.append(f"  MLflow run: {s['mlflow_run_id']} (experiment arxiv-sae/{s['domain']})")
+    if s.get("tracking_error"):
+        lines.append(f"  warning: the summary was not recorded: {s['tracking_error']}")
+    return "\n".join(lines)
+
+
+register_stack_commands(app)
 
 if __name__ == "__main__":
     app()

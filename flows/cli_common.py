@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import traceback
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, date, datetime
 
 import typer
+
+from infra.local_stack import StackError
+from infra.ray_runtime import RayUnavailableError
+from infra.settings import get_settings
+from infra.store import StoreError
+from infra.tracking import TrackingUnavailableError
+
+#: A service that cannot be reached or refuses the run's requests: exit 2, as bad input.
+SERVICE_ERRORS = (StackError, StoreError, TrackingUnavailableError, RayUnavailableError)
+
+ExitCodes = Iterable[tuple[type[Exception] | tuple[type[Exception], ...], int]]
 
 
 def setup_logging(own_handler: bool = True) -> None:
@@ -29,6 +42,7 @@ def setup_logging(own_handler: bool = True) -> None:
 def quiet_prefect_console() -> None:
     """Without --debug, Prefect's console shows a failed task or flow run as its one-line
     message, not its traceback (the run's log on the Prefect server keeps it)."""
+    # Prefect: ~7 s more for `sae --help` (measured on 2 busy cores); a run has it loaded.
     from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -70,8 +84,6 @@ def bug(exc: BaseException) -> typer.Exit:
     """An error no check foresaw, i.e. a bug: one line on stderr, the traceback appended
     to ``{SAE_HOME}/logs/sae.log``; ``raise bug(exc)`` exits 1. Callers re-raise instead
     when ``debug()``, so that the traceback is printed."""
-    from infra.settings import get_settings
-
     text = "".join(traceback.format_exception(exc))
     where = "the log file"
     try:
@@ -90,16 +102,34 @@ def bug(exc: BaseException) -> typer.Exit:
     return typer.Exit(1)
 
 
+@contextlib.contextmanager
+def exit_codes(codes: ExitCodes | Callable[[], ExitCodes]) -> Iterator[None]:
+    """A command's failures as exit codes: the first (exception types, code) of ``codes()``
+    that matches prints one ``error:`` line and exits with that code; anything else is a
+    bug (:func:`bug`), or its traceback with ``--debug``. ``codes`` may be a function,
+    called on a failure only, where the modules that define the exceptions take seconds
+    to import."""
+    try:
+        yield
+    except (typer.Exit, typer.BadParameter):  # typer's own exits
+        raise
+    except Exception as exc:
+        for types, code in codes() if callable(codes) else codes:
+            if isinstance(exc, types):
+                raise fail(exc, code) from exc
+        if debug():
+            raise
+        raise bug(exc) from exc
+
+
 def fail(message: object, code: int = 2) -> typer.Exit:
     """Print ``error: ...`` on stderr; ``raise fail(...)`` exits with ``code``."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
 
 
-def parse_date(value: str, option: str):
+def parse_date(value: str, option: str) -> date | None:
     """``YYYY-MM-DD`` or empty (None); anything else is a usage error (exit 2)."""
-    from datetime import date
-
     if not value:
         return None
     try:

@@ -20,10 +20,14 @@ import time
 from datetime import date
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
 from infra.settings import get_settings
 from infra.store import Store
+from tasks.corpus.domains import get_domain
+from tasks.embed.embedders import embedder_name
 from tasks.reembed import ReembedBusyError, ReembedParams, acquire_lease
 from tasks.reembed.steps import (
     embed_new,
@@ -36,27 +40,16 @@ from tasks.reembed.steps import (
 log = logging.getLogger(__name__)
 
 
-def _flow_run_id() -> str | None:
-    from prefect.runtime import flow_run
-
-    return flow_run.id or None
-
-
 @flow(name="reembed")
 def reembed(params: ReembedParams) -> dict | State:
     """Harvest one domain's new arXiv papers, embed them, then move its watermark."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from tasks.corpus.domains import get_domain
-    from tasks.embed.embedders import embedder_name
-
     logger = get_run_logger()
     settings = get_settings()
     store = Store.from_settings(settings)
     dom = get_domain(params.domain)
     spec = params.embedder or settings.embedder
     name = embedder_name(spec)  # a bad SAE_EMBEDDER fails here, before the lease
-    run_id = _flow_run_id()
+    run_id = flow_run.id or None
     try:
         lease = acquire_lease(store, dom, wait_s=params.wait_s, label=f"flow run {run_id}")
     except ReembedBusyError as exc:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from flows.cli_common import exit_codes
 from infra.local_stack import StackError, stack_down, stack_status, stack_up
 from infra.settings import Settings, get_settings, mask_url
 from infra.tracking import EXPERIMENT_PREFIX
@@ -40,16 +41,11 @@ def up(
     """
     settings = get_settings()
     typer.echo("starting the local stack (a first start migrates its databases: ~30 s)")
-    try:
+    with exit_codes([(StackError, 2)]):
         urls = stack_up(settings, s3=s3)
-    except StackError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    status = stack_status(settings)
     width = max(len(name) for name in urls)
     for name, url in sorted(urls.items()):
-        ui_url = status.get(name, {}).get("ui")
-        extra = f"  (UI {ui_url})" if name == "prefect" and ui_url else ""
+        extra = f"  (UI {url.removesuffix('/api')})" if name == "prefect" else ""
         typer.echo(f"{name:<{width}}  {mask_url(url)}{extra}")
     typer.echo(f"logs in {settings.home / 'logs'}; stop with `sae down`\n")
     typer.echo("To use it from this shell:")
@@ -65,11 +61,7 @@ def up(
 
 def down() -> None:
     """Stop the local stack started by `sae up`."""
-    try:
-        stopped = stack_down(get_settings())
-    except StackError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    stopped = stack_down(get_settings())
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -77,12 +69,7 @@ def ui(
     open_: Annotated[bool, typer.Option("--open", help="Open them in a browser too.")] = False,
 ) -> None:
     """Print the addresses of the MLflow and Prefect UIs (those a run would use)."""
-    settings = get_settings()
-    status = stack_status(settings)
-    rows = [
-        ("MLflow UI", *_mlflow_ui(settings, status)),
-        ("Prefect UI", *_prefect_ui(settings, status)),
-    ]
+    rows = _uis(get_settings())
     for label, url, hint in rows:
         typer.echo(f"{label:<10}  {mask_url(url) if url else hint}")
     if rows[0][1]:
@@ -115,34 +102,27 @@ def _experiment_links(mlflow_ui: str) -> dict[str, str]:
     }
 
 
-def _running(status: dict[str, dict], name: str) -> str | None:
-    record = status.get(name)
-    return record["ui"] if record and record["healthy"] else None
-
-
-def _mlflow_ui(settings: Settings, status: dict[str, dict]) -> tuple[str | None, str]:
-    uri = settings.tracking_uri
-    if uri.startswith(("http://", "https://")):
-        return uri, ""
-    running = _running(status, "mlflow")
-    if running:
-        return running, ""
-    return None, (
-        f"not running: `sae up` starts it, or `mlflow ui --backend-store-uri {mask_url(uri)}`"
-    )
-
-
-def _prefect_ui(settings: Settings, status: dict[str, dict]) -> tuple[str | None, str]:
-    url = settings.prefect_api_url.rstrip("/")
-    if url:
-        if "api.prefect.cloud" in url:
-            return "https://app.prefect.cloud", ""
-        return re.sub(r"/api$", "", url), ""
-    running = _running(status, "prefect")
-    if running:
-        return running, ""
-    # A run's own server stops with the run, so only `sae up` leaves one to look at.
-    return None, "not running: `sae up` starts it"
+def _uis(settings: Settings) -> list[tuple[str, str | None, str]]:
+    """(label, the UI a run would use or None, what to do without one) for MLflow and
+    Prefect. A run's own Prefect server stops with the run: only `sae up` leaves one."""
+    status = stack_status(settings)
+    running = {name: r["ui"] for name, r in status.items() if r["healthy"]}
+    mlflow = settings.tracking_uri
+    if mlflow.startswith(("http://", "https://")):
+        running["mlflow"] = mlflow
+    prefect = settings.prefect_api_url.rstrip("/")
+    if prefect:
+        cloud = "api.prefect.cloud" in prefect
+        running["prefect"] = "https://app.prefect.cloud" if cloud else prefect.removesuffix("/api")
+    hint = "not running: `sae up` starts it"
+    return [
+        (
+            "MLflow UI",
+            running.get("mlflow"),
+            f"{hint}, or `mlflow ui --backend-store-uri {mask_url(mlflow)}`",
+        ),
+        ("Prefect UI", running.get("prefect"), hint),
+    ]
 
 
 def _without_credentials(url: str) -> str:

@@ -549,6 +549,7 @@ def _drain_prefect_clients(timeout: float = 5.0) -> None:
     """
     if "prefect" not in sys.modules:  # nothing queued, and nothing to import for it
         return
+    # Prefect: 4.6 s of import (see _prefect_settings), paid only by a process that uses it.
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 

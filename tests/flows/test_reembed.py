@@ -28,8 +28,8 @@ UNTIL = date(2026, 1, 10)
 EMBEDDER = "openai:stub-model"
 NAMESPACE = "openai-stub-model"
 REPO = Path(__file__).resolve().parents[2]
-#: `sae reembed`, runnable before flows/cli.py registers it.
-CLI = [sys.executable, "-m", "flows.reembed_cli", "reembed", "cs.LG", "--until", "2026-01-10"]
+#: `sae reembed`.
+CLI = [sys.executable, "-m", "flows.cli", "reembed", "cs.LG", "--until", "2026-01-10"]
 #: Only a safety net against a hang: on a loaded machine a run that starts its own Ray
 #: and Prefect client can take minutes, and the verdicts never depend on how long.
 CEILING_S = 540
@@ -498,18 +498,10 @@ def test_the_lease_is_exclusive_on_s3(s3_store_root):
 
 
 def test_bad_input_exits_2_before_anything_starts(monkeypatch):
-    import typer
     from typer.testing import CliRunner
 
-    from flows.reembed_cli import register
+    from flows.cli import app
 
-    app = typer.Typer()
-
-    @app.callback()
-    def _group() -> None:
-        pass
-
-    register(app)
     runner = CliRunner()
     for args, message in (
         (["hep-th"], "unknown domain 'hep-th'"),

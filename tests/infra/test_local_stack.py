@@ -220,6 +220,19 @@ def test_up_ui_down(settings, stack, cli, tmp_path):
     assert "mlflow ui --backend-store-uri sqlite:////" in result.output
 
 
+def test_ui_prints_the_configured_servers(cli, monkeypatch):
+    closed = ls.free_port()  # the experiment links are extra: nothing answers here
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:hunter2@127.0.0.1:{closed}")
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{closed}/api")
+    result = cli("ui")
+    assert result.exit_code == 0, result.output
+    assert f"MLflow UI   http://user:***@127.0.0.1:{closed}\n" in result.output
+    assert f"Prefect UI  http://127.0.0.1:{closed}\n" in result.output
+    assert "hunter2" not in result.output
+    monkeypatch.setenv("PREFECT_API_URL", "https://api.prefect.cloud/api/accounts/a/workspaces/w")
+    assert "Prefect UI  https://app.prefect.cloud\n" in cli("ui").output
+
+
 def test_stale_records_are_cleaned_and_never_signalled(settings):
     pid_file = _write_stale_record(settings, "prefect", _dead_pid())
     stray = settings.home / "stack" / "mlflow.pid"  # a live pid: this process's
