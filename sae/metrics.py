@@ -138,4 +138,70 @@ def evaluate(
     return Evaluation(metrics, density.cpu().numpy())
 
 
-__all__ = ["METRIC_NAMES", "EvalMetrics", "Evaluation", "evaluate"]
+class PrefixMetrics(NamedTuple):
+    """One prefix of a dictionary used as an SAE of its own (a Matryoshka SAE's use)."""
+
+    n_latents: int
+    """m: the prefix keeps latents 0 .. m-1."""
+    nmse: float
+    """Held-out NMSE with the encoder choosing among the first m latents only (TopK: each
+    sample's top k of them; BatchTopK: those above the threshold), as a dedicated SAE
+    of m latents would."""
+    dead_fraction: float
+    """Share of the first m latents dead by the training rule."""
+
+
+@torch.no_grad()
+def prefix_metrics(
+    model, x_ND: torch.Tensor | np.ndarray, prefixes, batch_size: int = 4096
+) -> list[PrefixMetrics]:
+    """:class:`PrefixMetrics` of ``model`` cut to each m of ``prefixes`` on ``x_ND`` [N, d].
+
+    The pre-activations of latents >= m are set to -inf, so the model's own inference
+    selection (:meth:`TopKSAE.encode`) picks among the rest. For BatchTopK this equals
+    masking the whole model's code (a threshold treats each latent alone); for TopK the
+    freed slots go to the next latents below m, so it differs from the training loss's
+    masked reconstruction, and is what the prefix gives on its own.
+    """
+    x_ND = torch.as_tensor(x_ND)
+    N, n = x_ND.shape[0], model.n_latents
+    sizes = sorted({int(m) for m in prefixes})
+    if not sizes or sizes[0] < 1 or sizes[-1] > n:
+        raise ValueError(f"prefixes must lie in [1, {n}], got {list(prefixes)}")
+    if N == 0:
+        raise ValueError("cannot evaluate prefixes on an empty split")
+    device = model.b_pre.device
+    latent_N = torch.arange(n, device=device)
+    sq_err = torch.zeros(len(sizes), dtype=torch.float64, device=device)
+    sum_x = torch.zeros(model.d_in, dtype=torch.float64, device=device)
+    sum_x2 = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, N, batch_size):
+        x = x_ND[start : start + batch_size].to(device=device, dtype=torch.float32)
+        z_pre_BN = model.pre_activations(x - model.b_pre)
+        for s, m in enumerate(sizes):
+            z = z_pre_BN.masked_fill(latent_N >= m, -torch.inf)
+            v, i, keep = model.select(z, batch=False)
+            v = torch.relu(v) if keep is None else torch.relu(v).masked_fill(~keep, 0.0)
+            if keep is None:
+                v, i = v[:, : model.k], i[:, : model.k]
+            sq_err[s] += (model.decode(v, i).double() - x.double()).pow(2).sum()
+        xd = x.double()
+        sum_x += xd.sum(dim=0)
+        sum_x2 += xd.pow(2).sum()
+    total = sum_x2 - sum_x.pow(2).sum() / N
+    nmse = (sq_err / total.clamp_min(1e-30)).tolist()
+    dead = model.dead_mask()
+    return [
+        PrefixMetrics(m, e, dead[:m].float().mean().item())
+        for m, e in zip(sizes, nmse, strict=True)
+    ]
+
+
+__all__ = [
+    "METRIC_NAMES",
+    "EvalMetrics",
+    "Evaluation",
+    "PrefixMetrics",
+    "evaluate",
+    "prefix_metrics",
+]

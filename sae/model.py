@@ -132,14 +132,14 @@ class TopKSAE(nn.Module):
         self._check_input(x_BD)
         z_pre = self.pre_activations(x_BD - self.b_pre, compute_dtype)
         if k is None:
-            values, indices, keep = self._select(z_pre, batch=False)
+            values, indices, keep = self.select(z_pre, batch=False)
         else:
             (values, indices), keep = z_pre.topk(k, dim=1, sorted=True), None
         values = selected_encode(x_BD, self.b_pre, self.W_enc, self.b_lat, indices, values)
         values = torch.relu(values)
         return (values, indices) if keep is None else (values.masked_fill(~keep, 0.0), indices)
 
-    def _select(self, z_pre_BN: torch.Tensor, batch: bool):
+    def select(self, z_pre_BN: torch.Tensor, batch: bool):
         """(pre-activations [B, w], indices [B, w], kept [B, w] bool or None) of the code.
 
         TopK: each row's top ``k_encode``, all kept (None). BatchTopK: each row's top w;
@@ -183,7 +183,7 @@ class TopKSAE(nn.Module):
             dead_mask_N = self.dead_mask()
         x_c = x_BD - self.b_pre
         z_pre = self.pre_activations(x_c, compute_dtype) if z_pre_BN is None else z_pre_BN
-        top_v, top_i, keep = self._select(z_pre, batch=self.training)
+        top_v, top_i, keep = self.select(z_pre, batch=self.training)
         aux = self._aux_select(z_pre, dead_mask_N)
         if aux is not None:
             sel_i = torch.cat([top_i, aux[0]], dim=1)

@@ -343,3 +343,33 @@ def test_triton_interpreter_serves_batchtopk_matryoshka(monkeypatch, make_data):
     expect["loss"].backward()
     torch.testing.assert_close(model.W_enc.grad, ref[0].grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(model.W_dec.grad, ref[2].grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefix_metrics_cut_the_dictionary_as_a_dedicated_sae_would(make_data, arch):
+    from sae.metrics import prefix_metrics
+
+    cfg = _cfg(**arch)
+    model, ref = _model_and_ref(cfg)
+    x = make_data(40, D)
+    if cfg.selection == "batchtopk":
+        model.threshold.fill_(0.6)
+    model.samples_since_fired[::4] = 10**9  # latents 0, 4, 8, ... dead
+    got = prefix_metrics(model, x, [8, 33, 64], batch_size=16)
+    W_enc, b_lat, W_dec, b_pre = (p.detach() for p in ref)
+    z_pre = (x - b_pre) @ W_enc.T + b_lat
+    for row, m in zip(got, [8, 33, 64], strict=True):
+        z = z_pre.clone()
+        z[:, m:] = -torch.inf
+        if cfg.selection == "topk":
+            v, i = z.topk(cfg.k, dim=1)
+            lat = torch.zeros_like(z).scatter(1, i, torch.relu(v))
+        else:
+            lat = torch.where(z > 0.6, torch.relu(z), torch.zeros(()))
+        x_hat = lat @ W_dec + b_pre
+        want = ((x_hat - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+        assert row.n_latents == m
+        assert row.nmse == pytest.approx(want.item(), rel=1e-5)
+        assert row.dead_fraction == pytest.approx(len(range(0, m, 4)) / m)
+    model.eval()
+    assert got[-1].nmse == pytest.approx(evaluate(model, x).metrics.nmse, rel=1e-6)
