@@ -28,7 +28,7 @@ def test_dry_run_trains_the_grid_the_papers_step_and_reports(paper_table, tmp_pa
     assert paper_table.main(["train", "--dry-run", "--out", str(tmp_path), "--grid-s", "1"]) == 0
     res = json.loads((tmp_path / "paper_table.json").read_text())
     grid = res["domains"]["cs_lg"]
-    assert set(grid["cells"]) == {"4x32", "8x48"}
+    assert set(grid["cells"]) == {"4x32", "4x48", "8x32", "8x48"}
     assert grid["steps"] == grid["epochs"] * (600 // 600)
     for cell in grid["cells"].values():
         assert cell["steps"] == grid["steps"]
