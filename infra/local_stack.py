@@ -74,10 +74,6 @@ class DatabaseInUseError(StackError):
     """Another Prefect server serves the sqlite file this one was to serve."""
 
 
-# Servers started by this process, by pid: waited for once stopped, so none stays a zombie.
-_children: dict[int, subprocess.Popen] = {}
-
-
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -110,7 +106,7 @@ def _log_is_held(log_path: Path) -> bool:
 
 def _stop_groups(groups: dict[int, Callable[[], bool]], grace: float = 5.0) -> None:
     """SIGTERM to each process group (pgid -> whether it is gone), SIGKILL to those still
-    there after ``grace`` s; then waits for those this process started."""
+    there after ``grace`` s."""
     left = dict(groups)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         for pgid in left:
@@ -122,10 +118,6 @@ def _stop_groups(groups: dict[int, Callable[[], bool]], grace: float = 5.0) -> N
             left = {pgid: gone for pgid, gone in left.items() if not gone()}
     if left:
         log.warning("process group(s) %s still running after SIGKILL", sorted(left))
-    for pgid in groups:
-        if (child := _children.pop(pgid, None)) is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(5.0)
 
 
 def _log_tail(path: Path, lines: int = 20, chars: int = 3000) -> str:
@@ -197,7 +189,6 @@ class Server:
         if running:  # an exited leader's pgid may be someone else's by now: no signal then
             _stop_groups({self.pid: lambda: not self.alive()}, grace)
             log.info("stopped the %s server on %s", self.name, self.url)
-        _children.pop(self.pid, None)
         if self.tie is not None:
             os.close(self.tie)
             self.tie = None
@@ -250,7 +241,6 @@ def _spawn(
     finally:
         if tie is not None:
             os.close(stdin)
-    _children[process.pid] = process
     url = f"http://{HOST}:{port}"
     api_path, health_path = _PATHS[name]
     log.info("starting the %s server on %s (log: %s)", name, url, log_path)

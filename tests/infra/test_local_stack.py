@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -39,9 +40,9 @@ def _nothing_configured(monkeypatch):
 @pytest.fixture(autouse=True)
 def _no_leaked_servers():
     """Every server a test starts is stopped by the code under test; stop and fail if not."""
-    before = set(ls._children)
+    before = _servers_of(os.getpid())
     yield
-    leaked = [pid for pid in set(ls._children) - before if _group_members(pid)]
+    leaked = sorted(_servers_of(os.getpid()) - before)
     ls._stop_groups({pid: lambda pid=pid: not _group_members(pid) for pid in leaked}, 2.0)
     assert not leaked, f"servers left running: {leaked}"
 
@@ -75,9 +76,8 @@ def cli():
 # --- helpers: what the operating system says, not what the module believes ----------------
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    members = []
+def _live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of each process that is not a zombie."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -85,10 +85,19 @@ def _group_members(pgid: int) -> list[int]:
             text = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = text[text.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        state, ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if state != "Z":
+            yield int(entry.name), int(ppid), int(pgrp)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    return [pid for pid, _, pgrp in _live_processes() if pgrp == pgid]
+
+
+def _servers_of(parent: int) -> set[int]:
+    """The live process groups that ``parent`` started (each server leads its own)."""
+    return {pid for pid, ppid, pgrp in _live_processes() if ppid == parent and pgrp == pid}
 
 
 def _listen_addresses(port: int) -> set[str]:
@@ -259,7 +268,7 @@ def test_stale_records_are_cleaned_and_never_signalled(settings):
 
 def test_prefect_for_run_starts_stops_and_is_used(settings):
     seen = {}
-    before = set(ls._children)
+    before = _servers_of(os.getpid())
 
     def while_booting():
         seen["env"] = os.environ.get("PREFECT_API_URL")
@@ -290,7 +299,7 @@ def test_prefect_for_run_starts_stops_and_is_used(settings):
         assert tiny() == 1
         runs = httpx.post(f"{url}/flow_runs/filter", json={}, trust_env=False).json()
         assert [r["name"] for r in runs]  # the run reported to this server
-        (pid,) = set(ls._children) - before
+        (pid,) = _servers_of(os.getpid()) - before
 
     assert "PREFECT_API_URL" not in os.environ
     assert not _port_open(port)
@@ -298,15 +307,14 @@ def test_prefect_for_run_starts_stops_and_is_used(settings):
     assert ls.history_database(settings).exists()  # the next run skips migrations
 
 
-# Enters prefect_for_run, says the server's pid and URL, then waits to be killed.
+# Enters prefect_for_run, says the server's URL, then waits to be killed.
 _RUN = """
 import sys
 from infra import local_stack as ls
 from infra.settings import get_settings
 
 with ls.prefect_for_run(get_settings(), timeout=600) as url:
-    (pid,) = ls._children
-    print(pid, url, flush=True)
+    print(url, flush=True)
     sys.stdin.read()
 """
 
@@ -319,9 +327,9 @@ def test_a_runs_server_dies_with_the_run_even_by_sigkill(settings):
         [sys.executable, "-c", _RUN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as run:
         try:
-            said = run.stdout.readline().split()  # the server answers, or the run has ended
-            assert len(said) == 2, f"the run ended ({run.wait()}) before its server served"
-            pid, url = int(said[0]), said[1]
+            url = run.stdout.readline().strip()  # the server answers, or the run has ended
+            assert url, f"the run ended ({run.wait()}) before its server served"
+            (pid,) = _servers_of(run.pid)
             port = int(url.split(":")[2].split("/")[0])
             assert httpx.get(f"{url}/health", trust_env=False).json() is True
             assert ls._claim_database(ls.history_database(settings)) is None  # held by it
@@ -348,7 +356,7 @@ def test_unreachable_configured_servers_fail_fast(monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", f"http://user:hunter2@127.0.0.1:{closed}/api")
     monkeypatch.setenv("SAE_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed}")
     settings = get_settings()
-    started = set(ls._children)
+    started = _servers_of(os.getpid())
 
     t0 = time.monotonic()
     with pytest.raises(ls.StackError) as error, ls.prefect_for_run(settings):
@@ -360,7 +368,7 @@ def test_unreachable_configured_servers_fail_fast(monkeypatch):
     assert "cannot reach the Prefect server" in message
     assert "(PREFECT_API_URL)" in message
     assert "user:***@" in message and "hunter2" not in message
-    assert set(ls._children) == started  # no server started in its place
+    assert _servers_of(os.getpid()) == started  # no server started in its place
 
     t0 = time.monotonic()
     with pytest.raises(ls.StackError, match=r"MLflow server .*\(SAE_MLFLOW_TRACKING_URI\)"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 
 from infra import local_stack as ls
 from infra.settings import get_settings
+from tests.infra.test_local_stack import _servers_of
 
 pytestmark = pytest.mark.slow
 
@@ -80,10 +82,10 @@ def test_one_server_per_database_and_a_second_run_goes_private(settings):
     history.parent.mkdir(parents=True)
     held = ls._claim_database(history)  # as a server serving it would
     try:
-        before = set(ls._children)
+        before = _servers_of(os.getpid())
         with pytest.raises(ls.DatabaseInUseError, match="another Prefect server serves"):
             ls.start_prefect_server(settings, persistent=True)
-        assert set(ls._children) == before
+        assert _servers_of(os.getpid()) == before
 
         with ls.prefect_for_run(settings, timeout=600) as url:
             (private,) = history.parent.glob("run-*.db")
