@@ -44,8 +44,10 @@ _SHAPES = {
     "b_pre": lambda n, d: (d,),
 }
 _COUNTER = "samples_since_fired"
-# BatchTopK's inference threshold, shape [1] (only models with BatchTopK selection).
+# BatchTopK's inference threshold and its EMA's weight, shape [1] each (only models with
+# BatchTopK selection; the weight lets a loaded model train on without a jump).
 _THRESHOLD = "threshold"
+_THRESHOLD_WEIGHT = "threshold_weight"
 
 
 @contextmanager
@@ -102,6 +104,7 @@ def save_sae(
     threshold = getattr(model, _THRESHOLD, None)
     if threshold is not None:
         tensors[_THRESHOLD] = threshold.detach().float().cpu().reshape(1)
+        tensors[_THRESHOLD_WEIGHT] = model.threshold_weight.detach().float().cpu().reshape(1)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(tensors, tmp, metadata={"format_version": str(CFG_FORMAT_VERSION)})
     cfg = build_cfg(model.cfg, train_cfg, run)
@@ -157,6 +160,8 @@ def load_sae(directory: str | os.PathLike, device: str | torch.device = "cpu"):
                 "but the file holds no one-element 'threshold' tensor"
             )
         model.threshold.copy_(threshold.reshape(()))
+        weight = tensors.get(_THRESHOLD_WEIGHT)
+        model.threshold_weight.fill_(1.0 if weight is None else float(weight.reshape(-1)[0]))
     return model.to(device)
 
 

@@ -81,7 +81,8 @@ class TopKSAE(nn.Module):
 
     Parameters: ``W_enc`` [n, d], ``b_lat`` [n], ``W_dec`` [n, d], ``b_pre`` [d].
     Buffers: ``samples_since_fired`` [n], the dead-latent counter (in samples); with
-    BatchTopK selection also ``threshold`` [] (-1 until a training batch sets it).
+    BatchTopK selection also ``threshold`` [] (-1 until a training batch sets it) and
+    ``threshold_weight`` [] (1 - decay^steps, the EMA's bias correction).
 
     In ``train()`` mode (the default) BatchTopK selects over the batch; in ``eval()``
     mode by the threshold, as :meth:`encode` always does.
@@ -101,6 +102,7 @@ class TopKSAE(nn.Module):
         if cfg.selection == "batchtopk":
             # Negative = not estimated yet; a real threshold is an activation, >= 0.
             self.register_buffer("threshold", torch.tensor(-1.0))
+            self.register_buffer("threshold_weight", torch.tensor(0.0))
 
     # ------------------------------------------------------------------ encode
     @property
@@ -275,17 +277,26 @@ class TopKSAE(nn.Module):
 
     @torch.no_grad()
     def update_threshold(self, values_BW: torch.Tensor) -> None:
-        """BatchTopK: theta <- decay * theta + (1 - decay) * the batch's smallest kept
-        activation (the first batch sets it); a no-op for TopK selection.
+        """BatchTopK: theta = the bias-corrected EMA (decay ``cfg.threshold_decay``) of each
+        training batch's smallest kept activation; a no-op for TopK selection.
 
-        ``values_BW``: the training code's values (unkept slots 0). No host sync.
+        Bias-corrected as Adam's moments are, so the first batch sets theta and no early
+        batch outweighs the later ones: seeding a plain EMA with the first batch (as
+        dictionary_learning does, which therefore starts it only at step 1000) left the
+        untrained model's value with weight 0.99^t, and a 78-step run a threshold giving
+        L0 2.5 at inference for k = 8. ``values_BW``: the training code's values
+        (unkept slots 0). No host sync.
         """
         if self.cfg.selection != "batchtopk":
             return
         low = values_BW.masked_fill(values_BW <= 0, torch.inf).min().to(self.threshold.dtype)
-        theta, decay = self.threshold, self.cfg.threshold_decay
-        ema = torch.where(theta < 0, low, decay * theta + (1.0 - decay) * low)
-        self.threshold.copy_(torch.where(torch.isfinite(low), ema, theta))
+        decay, w = self.cfg.threshold_decay, self.threshold_weight
+        sum_ = self.threshold.clamp_min(0.0) * w  # the uncorrected EMA
+        w_new = decay * w + (1.0 - decay)
+        theta = (decay * sum_ + (1.0 - decay) * low) / w_new
+        seen = torch.isfinite(low)  # a batch with nothing kept leaves both as they were
+        self.threshold.copy_(torch.where(seen, theta, self.threshold))
+        self.threshold_weight.copy_(torch.where(seen, w_new, w))
 
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:

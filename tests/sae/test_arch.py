@@ -153,15 +153,18 @@ def test_batchtopk_codes_are_capped_at_their_width():
     assert (out.values > 0).sum(1).tolist() == [5, 3, 0, 0]
 
 
-def test_threshold_is_an_ema_of_the_smallest_kept_activation():
+def test_threshold_is_a_bias_corrected_ema_of_the_smallest_kept_activation():
     model = TopKSAE(_cfg(arch="batchtopk", threshold_decay=0.9))
     assert model.threshold.item() == -1.0  # not estimated yet
-    model.update_threshold(torch.tensor([[0.5, 0.2, 0.0], [0.3, 0.0, 0.0]]))
-    assert model.threshold.item() == pytest.approx(0.2)  # the first batch sets it
-    model.update_threshold(torch.tensor([[1.0, 0.7, 0.0]]))
-    assert model.threshold.item() == pytest.approx(0.9 * 0.2 + 0.1 * 0.7)
+    lows = [0.2, 0.7, 0.4]
+    batches = [torch.tensor([[1.5, low, 0.0], [1.0 + low, 0.0, 0.0]]) for low in lows]
+    for t, batch in enumerate(batches, start=1):
+        model.update_threshold(batch)
+        weights = [0.9 ** (t - i) for i in range(1, t + 1)]  # newest weighs 1
+        want = sum(w * v for w, v in zip(weights, lows, strict=False)) / sum(weights)
+        assert model.threshold.item() == pytest.approx(want)  # t=1: the first batch's
     model.update_threshold(torch.zeros(2, 3))  # nothing kept: unchanged
-    assert model.threshold.item() == pytest.approx(0.9 * 0.2 + 0.1 * 0.7)
+    assert model.threshold.item() == pytest.approx(want)
     TopKSAE(_cfg()).update_threshold(torch.ones(2, 3))  # TopK: nothing to do
 
 
@@ -238,6 +241,7 @@ def test_save_load_gives_the_same_outputs(tmp_path, make_data, arch):
         torch.testing.assert_close(a(x).x_hat, b(x).x_hat, rtol=0, atol=0)
     if cfg.selection == "batchtopk":
         assert back.threshold.item() == model.threshold.item() > 0
+        assert back.threshold_weight.item() == model.threshold_weight.item() > 0
 
 
 def test_a_cfg_json_from_before_the_arch_fields_loads_as_topk(tmp_path):
@@ -305,6 +309,7 @@ def test_a_mixed_arch_pack_resumes_exactly_after_a_crash(tmp_path, make_data):
         if a.cfg.selection == "batchtopk":
             assert a.model.threshold.item() > 0
             assert torch.equal(a.model.threshold, b.model.threshold)
+            assert torch.equal(a.model.threshold_weight, b.model.threshold_weight)
     assert [r.metrics for r in results] == [r.metrics for r in ref_results]
     by_name = {r.name: r for r in results}
     assert set(by_name) == {
