@@ -58,7 +58,13 @@ def test_sweep_id_follows_training_data_and_code_but_not_the_grid():
         sweep_id(base, "cs_lg", "snap-a", "x")
     )
     window = SweepParams(k=[16], n_latents=[3072], dead_threshold_samples=4096)
-    assert window.sae_options() == {"dead_threshold_samples": 4096}
+    assert window.sae_options() == {
+        "dead_threshold_samples": 4096, "arch": "topk", "prefixes": None,
+        "matryoshka_selection": "topk", "threshold_decay": 0.99,
+    }  # fmt: skip
+    matryoshka = SweepParams(k=[16], n_latents=[3072], arch="matryoshka")
+    assert matryoshka.mlflow_params()["arch"] == "matryoshka"
+    assert sweep_id(matryoshka, "cs_lg", "snap-a", "x") != sweep_id(base, "cs_lg", "snap-a", "x")
     assert window.mlflow_params()["dead_threshold_samples"] == "4096"
     assert sweep_id(window, "cs_lg", "snap-a", "x") != sweep_id(base, "cs_lg", "snap-a", "x")
 
