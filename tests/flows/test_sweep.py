@@ -107,10 +107,12 @@ def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
         assert {"nmse", "log_feature_density", "act_mean", "dead_fraction", "auxk_loss"} <= set(
             run.data.metrics
         )
+        assert {"importance_exponent", "importance_r2"} <= set(run.data.metrics)
         curve = client.get_metric_history(run.info.run_id, "train_nmse")
         assert len(curve) >= 2 and len({m.step for m in curve}) == len(curve)
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/nmse_vs_k.png", "plots/feature_density.png", "plots/training_nmse.png"} <= plots
+    assert {"plots/importance.png", "plots/pruning.png"} <= plots
 
     # The sweep's cell equals the same cell trained directly on the snapshot's rows.
     snap = snapshot_by_id(sweep_store, CS, parents_embedder(parent), snap_id)
