@@ -93,9 +93,11 @@ def pruned_nmse(
     """NMSE on ``x_ND`` [N, d] of ``model`` kept to the first m latents of ``order``, per m.
 
     ``order`` [n] ranks the latents (e.g. ``np.argsort(-importance)``); for each m in
-    ``sizes`` the others' pre-activations are set to -inf, so each row's top min(k, m)
-    is chosen among the kept latents only, then decoded as usual. The pre-activations
-    come from ``model.pre_activations`` once per batch and serve every m.
+    ``sizes`` the others' pre-activations are set to -inf, so the model's inference rule
+    (each row's top k for TopK, the threshold for BatchTopK) picks among the kept latents
+    only, then decodes as usual. The pre-activations come from ``model.pre_activations``
+    once per batch and serve every m. With ``order = arange(n)`` this is the prefix NMSE
+    of :func:`sae.metrics.prefix_metrics`.
     """
     x_ND = _rows(x_ND, batch_size)
     N = x_ND.shape[0]
@@ -117,9 +119,8 @@ def pruned_nmse(
         x = x_ND[start : start + batch_size].to(device=device, dtype=torch.float32)
         z_pre_BN = model.pre_activations(x - model.b_pre)
         for s, m in enumerate(sizes):
-            z = z_pre_BN.masked_fill(rank_N >= m, -math.inf)
-            values_BK, indices_BK = z.topk(min(model.k, m), dim=1, sorted=True)
-            x_hat = model.decode(torch.relu(values_BK), indices_BK)
+            values_BK, indices_BK = _select(model, z_pre_BN.masked_fill(rank_N >= m, -math.inf))
+            x_hat = model.decode(values_BK, indices_BK)
             sq_err[s] += (x_hat.double() - x.double()).pow(2).sum()
         xd = x.double()
         sum_x += xd.sum(dim=0)
@@ -127,6 +128,23 @@ def pruned_nmse(
     total = sum_x2 - sum_x.pow(2).sum() / N
     nmse = (sq_err / total.clamp_min(1e-30)).tolist()
     return dict(zip(sizes, nmse, strict=True))
+
+
+def _select(model, z_BN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [B, w] after ReLU, indices [B, w]) of the model's inference code of ``z_BN``.
+
+    A model with ``select`` (TopK and BatchTopK) chooses by its own rule, so a BatchTopK
+    SAE is pruned under its threshold; otherwise each row's top k. Masked latents that a
+    row's top w still reaches (fewer than w kept) come out as 0 and decode to nothing.
+    """
+    select = getattr(model, "select", None)
+    if select is None:
+        values, indices = z_BN.topk(model.k, dim=1, sorted=True)
+        return torch.relu(values), indices
+    values, indices, keep = select(z_BN, batch=False)
+    if keep is None:  # TopK: the first k of k_encode (Multi-TopK also takes 4k)
+        return torch.relu(values[:, : model.k]), indices[:, : model.k]
+    return torch.relu(values).masked_fill(~keep, 0.0), indices
 
 
 def _rows(x_ND, batch_size: int) -> torch.Tensor:

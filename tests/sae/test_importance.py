@@ -135,3 +135,23 @@ def test_power_law_fit_recovers_a_known_exponent():
 def test_power_law_fit_of_too_few_points_is_nan():
     assert all(math.isnan(v) for v in power_law_fit([1.0, 0.0, -2.0]))
     assert math.isnan(power_law_fit(np.ones(10)).r2)  # a flat line: R^2 undefined
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_pruning_in_index_order_is_the_prefix_nmse(arch, make_data):
+    from sae.metrics import prefix_metrics
+
+    x = make_data(300, D)
+    model = TopKSAE(
+        SAEConfig(d_in=D, n_latents=N_LAT, k=K, arch=arch),
+        generator=torch.Generator().manual_seed(0),
+    )
+    with torch.no_grad():
+        model.b_pre.copy_(x.mean(0))
+        if arch == "batchtopk":
+            model.threshold.fill_(0.05)  # inference keeps what clears it, per row
+    sizes = [3, 16, N_LAT]
+    got = pruned_nmse(model, x, np.arange(N_LAT), sizes, batch_size=128)
+    want = {p.n_latents: p.nmse for p in prefix_metrics(model, x, sizes, batch_size=128)}
+    for m in sizes:
+        assert got[m] == pytest.approx(want[m], rel=1e-6), m
