@@ -111,7 +111,7 @@ def train(params: MatrixParams) -> None:
     # torch: see the module's docstring
     from tasks.sweep.preflight import BAD_INPUT
     from tasks.sweep.results import TRAIN_COLUMNS, results_table
-    from tasks.sweep.train import matrix_pack, train_pack
+    from tasks.sweep.train import matrix_pack, n_axis_spec, train_pack
 
     settings = get_settings()
     if not settings.store_is_local:
@@ -132,6 +132,12 @@ def train(params: MatrixParams) -> None:
         where = store.uri(spec.folder)
         typer.echo(f"training {len(spec.cells)} cell(s) on {spec.data.id} -> {where}")
         refs = train_pack(spec, store, settings.home / "scratch", settings.torch_device(), on_log)
+        nested = n_axis_spec(spec, params)
+        if nested.cells:
+            typer.echo(f"training {len(nested.cells)} n-axis Matryoshka cell(s)")
+            refs += train_pack(
+                nested, store, settings.home / "scratch", settings.torch_device(), on_log
+            )
     typer.echo("")
     typer.echo(results_table([r.row() for r in refs], TRAIN_COLUMNS))
 

@@ -51,7 +51,15 @@ from tasks.sweep.track import (
     open_parent,
     set_champion,
 )
-from tasks.sweep.train import CellRef, PackSpec, finished_cells, plan, sweep_pack
+from tasks.sweep.train import (
+    CellRef,
+    PackSpec,
+    finished_cells,
+    n_axis_spec,
+    plan,
+    sweep_pack,
+    unfinished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,28 +166,33 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
 
     # Which cells are done already decides whether Ray is needed at all.
     grid = sweep_pack(params, sid, store, snap, version)
-    done = finished_cells(store, grid)
+    nested = n_axis_spec(grid, params)  # no cells unless params.n_axis_matryoshka
+    done = {**finished_cells(store, grid), **finished_cells(store, nested)}
     refs = [r.as_dict() for r in done.values()]
-    finished = {(r.k, r.n_latents) for r in done.values()}
-    todo = [cell for cell in params.cells() if cell not in finished]
-    if todo:
+    todo, nested_todo = unfinished(grid, done), unfinished(nested, done)
+    total = len(grid.cells) + len(nested.cells)
+    if todo or nested_todo:
         cluster = ensure_ray(settings)
         gpus = params.gpus_per_pack or settings.pack_gpus
         resources, n_packs = pack_resources(cluster, gpus, params.n_packs)
-        specs = plan(grid, todo, n_packs)
+        specs = plan(grid, todo, n_packs) if todo else []
+        specs += plan(nested, nested_todo, n_packs) if nested_todo else []
         runner = train_packs.with_options(task_runner=RayTaskRunner())  # joins ensure_ray's Ray
-        new_refs, errors = runner(specs, resources, len(params.cells()), len(done))
+        new_refs, errors = runner(specs, resources, total, len(done))
         refs += new_refs
         result.failed = [f"{label}: {err}" for label, err in errors.items()]
 
-    cells = sorted((CellRef(**r) for r in refs), key=lambda r: (r.k, r.n_latents))
+    every = sorted((CellRef(**r) for r in refs), key=lambda r: (r.k, r.n_latents, r.n_axis))
+    # The n-axis cells are logged and registered beside the grid; the champion, the table's
+    # champion mark and the grid's plots are the grid's.
+    cells = [r for r in every if not r.n_axis]
     run_ids, versions = {}, {}
-    for ref in cells:
+    for ref in every:
         out = log_cell_task(ctx, parent, ref.as_dict(), ref.k, ref.n_latents)
         run_ids[ref.cell], versions[ref.cell] = out["run_id"], out["version"]
     rows = [
-        {**r.row(), "model": f"{model_name(domain, r.k, r.n_latents)}/{versions[r.cell]}"}
-        for r in cells
+        {**r.row(), "model": f"{model_name(domain, r.k, r.n_latents, r.n_axis)}/{versions[r.cell]}"}
+        for r in every
     ]
     if cells:
         champion = choose_champion(cells, params.champion_max_dead)
@@ -197,5 +210,5 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
             description=f"results of sweep {sid}",
         )
     result.cells = rows
-    close_parent(client, parent, ok=not result.failed and len(cells) == len(params.cells()))
+    close_parent(client, parent, ok=not result.failed and len(every) == total)
     return result

@@ -72,6 +72,11 @@ class GridParams(BaseModel):
     prefixes: list[int] | None = _knob("prefixes")
     matryoshka_selection: Literal["topk", "batchtopk"] = _knob("matryoshka_selection")
     threshold_decay: float = _knob("threshold_decay")
+    n_axis_matryoshka: bool = Field(
+        default=False,
+        description="Per k, also train one Matryoshka SAE of the largest n with its prefixes "
+        "at the grid's n values (cell suffix _matryoshka), beside the dedicated cells.",
+    )
 
     @field_validator("k", "n_latents")
     @classmethod
@@ -104,7 +109,30 @@ class GridParams(BaseModel):
                 SAEConfig(d_in=1, n_latents=n, k=k, **self.sae_options())
             except ConfigError as exc:
                 raise ValueError(f"cell (k={k}, n={n}): {exc}") from None
+        if self.n_axis_matryoshka:
+            if self.arch == "matryoshka" or self.prefixes is not None:
+                raise ValueError(
+                    "n_axis_matryoshka adds Matryoshka cells nested at the grid's n values: "
+                    "it needs arch topk or batchtopk and no prefixes"
+                )
+            if len(self.n_latents) < 2:
+                raise ValueError("n_axis_matryoshka needs at least two n_latents to nest")
         return self
+
+    def n_axis_cells(self) -> list[tuple[int, int]]:
+        """The (k, largest n) of each n-axis Matryoshka cell; none unless asked."""
+        return [(k, max(self.n_latents)) for k in self.k] if self.n_axis_matryoshka else []
+
+    def n_axis_options(self) -> dict[str, Any]:
+        """The SAEConfig settings of the n-axis cells: the grid's, nested at its n values,
+        selecting latents as the grid's cells do (so prefix m compares with cell (k, m))."""
+        selection = "batchtopk" if self.arch == "batchtopk" else self.matryoshka_selection
+        return {
+            **self.sae_options(),
+            "arch": "matryoshka",
+            "prefixes": sorted(self.n_latents),
+            "matryoshka_selection": selection,
+        }
 
     def cells(self) -> list[tuple[int, int]]:
         return [(k, n) for k in self.k for n in self.n_latents]

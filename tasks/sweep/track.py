@@ -9,7 +9,11 @@ Names: params ``k, n_latents, d_in, embedder, data_snapshot, code_version`` and 
 training setting of :class:`tasks.sweep.config.GridParams` (``batch_size, lr, epochs,
 ...``); final metrics as in :class:`sae.metrics.EvalMetrics`, plus ``importance_exponent``
 and ``importance_r2`` (the power-law fit of :mod:`sae.importance`); per-step metrics
-``train_loss, train_nmse, train_auxk_loss, train_dead_fraction, lr``.
+``train_loss, train_nmse, train_auxk_loss, train_dead_fraction, lr``. A Matryoshka cell
+also logs, per prefix m, ``prefix_nmse_{m}`` and ``prefix_dead_fraction_{m}`` (its
+prefixes.json); its params ``arch, prefixes, ...`` are its own cfg.json's. The grid's
+n-axis Matryoshka cells (``n_axis_matryoshka``) are runs ``k{k}-n{n}-matryoshka`` and
+models ``sae-{domain}-k{k}-n{n}-matryoshka``, never the champion.
 
 Champion rule (one ``champion`` alias per domain): among the sweep's cells whose held-out
 dead fraction is at most ``champion_max_dead``, the lowest held-out NMSE; ties go to the
@@ -33,6 +37,8 @@ import numpy as np
 from infra.code_version import package_requirements
 from infra.store import Store
 from infra.tracking import NOTE_TAG, experiment_name
+from sae.checkpoint import CFG_FILE
+from sae.config import SAEConfig
 from sae.importance import power_law_fit
 from sae.metrics import METRIC_NAMES
 from sae.model import TopKSAE
@@ -43,6 +49,7 @@ from tasks.sweep.train import (
     DENSITY_FILE,
     HISTORY_FILE,
     IMPORTANCE_FILE,
+    PREFIXES_FILE,
     PRUNING_FILE,
     CellRef,
     pull_cell,
@@ -89,12 +96,13 @@ class SweepContext:
         }
 
 
-def model_name(domain: str, k: int, n_latents: int) -> str:
-    return f"sae-{domain}-k{k}-n{n_latents}"
+def model_name(domain: str, k: int, n_latents: int, n_axis: bool = False) -> str:
+    return f"sae-{domain}-{run_name(k, n_latents, n_axis)}"
 
 
-def run_name(k: int, n_latents: int) -> str:
-    return f"k{k}-n{n_latents}"
+def run_name(k: int, n_latents: int, n_axis: bool = False) -> str:
+    """``k16-n12288``; ``k16-n12288-matryoshka`` for the n-axis cell of that (k, n)."""
+    return f"k{k}-n{n_latents}" + ("-matryoshka" if n_axis else "")
 
 
 def open_parent(client, ctx: SweepContext, grid: dict) -> str:
@@ -125,7 +133,7 @@ def log_cell(client, store: Store, ctx: SweepContext, parent_id: str, ref: CellR
         client.delete_run(run.info.run_id)  # half-logged by an earlier attempt
     run = client.create_run(
         ctx.experiment_id,
-        run_name=run_name(ref.k, ref.n_latents),
+        run_name=run_name(ref.k, ref.n_latents, ref.n_axis),
         tags={
             **ctx.tags(),
             "run_kind": "cell",
@@ -136,14 +144,16 @@ def log_cell(client, store: Store, ctx: SweepContext, parent_id: str, ref: CellR
     run_id = run.info.run_id
     params = {**ctx.params(), "k": str(ref.k), "n_latents": str(ref.n_latents)}
     params["d_in"] = str(ref.d_in)
-    _log_params(client, run_id, params)
     with tempfile.TemporaryDirectory() as tmp:
         # The published files, not the resume state.
         names = tuple(n for n in CELL_FILES if n != STATE_FILE)
         local = pull_cell(store, ref.folder, Path(tmp) / ref.cell, names)
+        params.update(_arch_params(local / CFG_FILE))
+        _log_params(client, run_id, params)
         _log_history(client, run_id, local / HISTORY_FILE)
         _log_final(client, run_id, ref)
         _log_importance_fit(client, run_id, local / IMPORTANCE_FILE, ref.steps)
+        _log_prefixes(client, run_id, local / PREFIXES_FILE, ref.steps)
         client.log_artifacts(run_id, str(local), "checkpoint")
         model_id = _log_model(run_id, local)
     client.set_tag(run_id, "model_id", model_id)
@@ -156,7 +166,7 @@ def register_cell(client, ctx: SweepContext, ref: CellRef, run_id: str) -> str:
     """The model version of the cell's run (created once) in ``sae-{domain}-k{k}-n{n}``."""
     from mlflow.exceptions import MlflowException
 
-    name = model_name(ctx.domain, ref.k, ref.n_latents)
+    name = model_name(ctx.domain, ref.k, ref.n_latents, ref.n_axis)
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         return existing[0].version
@@ -302,6 +312,32 @@ def _log_final(client, run_id: str, ref: CellRef) -> None:
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(ref.metrics[k]), now, ref.steps) for k in METRIC_NAMES]
     metrics.append(Metric("train_seconds", float(ref.seconds), now, ref.steps))
+    client.log_batch(run_id, metrics=metrics)
+
+
+_ARCH_PARAMS = ("arch", "prefixes", "matryoshka_selection", "threshold_decay")
+
+
+def _arch_params(cfg_path: Path) -> dict[str, str]:
+    """The cell's own arch settings (an n-axis cell's differ from the grid's; a Matryoshka
+    grid's prefixes are resolved per n), as the cell's cfg.json records them."""
+    sae = json.loads(cfg_path.read_text())["sae"]
+    known = {f: getattr(SAEConfig(d_in=1, n_latents=1, k=1), f) for f in _ARCH_PARAMS}
+    return {f: str(sae.get(f, known[f])) for f in _ARCH_PARAMS}
+
+
+def _log_prefixes(client, run_id: str, path: Path, step: int) -> None:
+    """``prefix_nmse_{m}`` and ``prefix_dead_fraction_{m}`` of a Matryoshka cell."""
+    from mlflow.entities import Metric
+
+    if not path.is_file():
+        return
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"prefix_{name}_{m}", float(row[name]), now, step)
+        for m, row in json.loads(path.read_text()).items()
+        for name in ("nmse", "dead_fraction")
+    ]
     client.log_batch(run_id, metrics=metrics)
 
 

@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from sae.config import RunInfo, SAEConfig, TrainConfig, cell_name
 from sae.data import split
 from sae.importance import latent_importance, pruned_nmse
 from sae.kernels import choose_backend
+from sae.metrics import prefix_metrics
 from sae.planner import plan_packs
 from sae.trainer import METRICS_FILE, STATE_FILE, LogFn, PackTrainer
 from tasks.corpus.domains import get_domain
@@ -41,10 +42,13 @@ IMPORTANCE_FILE = "importance.npy"
 """[n] each latent's held-out NMSE rise when removed alone (:mod:`sae.importance`)."""
 PRUNING_FILE = "pruning.json"
 """{m: held-out NMSE} of the cell pruned by importance to each grid n <= its own."""
+PREFIXES_FILE = "prefixes.json"
+"""A Matryoshka cell's prefixes used alone, {m: {"nmse", "dead_fraction"}} on the held-out
+rows (:func:`sae.metrics.prefix_metrics`)."""
 # Copied up in this order: metrics.json last, because it marks the cell as done.
 CELL_FILES = (
     CFG_FILE, WEIGHTS_FILE, HISTORY_FILE, DENSITY_FILE, IMPORTANCE_FILE, PRUNING_FILE,
-    STATE_FILE, METRICS_FILE,
+    PREFIXES_FILE, STATE_FILE, METRICS_FILE,
 )  # fmt: skip
 
 
@@ -59,9 +63,13 @@ class PackSpec:
     train: TrainConfig
     run: RunInfo
     data: Snapshot | MatrixFile
+    sae_options: dict = field(default_factory=dict)
+    """The SAEConfig settings every cell shares (``GridParams.sae_options``)."""
     prune_to: tuple[int, ...] = ()
     """The whole grid's n values (a pack holds only some cells): each cell is pruned to
     those up to its own n for the comparison with the dedicated cells."""
+    n_axis: bool = False
+    """The cells are the grid's n-axis Matryoshka cells (:func:`n_axis_spec`)."""
 
     def store(self) -> Store:
         return Store(self.store_root, self.storage_options)
@@ -92,7 +100,7 @@ def sweep_pack(
     )
     return PackSpec(
         sweep_id, store.root, store.storage_options, params.cells(), params.train_config(),
-        run, snapshot, prune_to=_grid_n(params.cells()),
+        run, snapshot, params.sae_options(), _grid_n(params.cells()),
     )  # fmt: skip
 
 
@@ -107,8 +115,23 @@ def matrix_pack(params: MatrixParams, store: Store) -> PackSpec:
     run_id = params.run_id or sweep_id(params, "train", data.id, version)
     return PackSpec(
         run_id, store.root, store.storage_options, params.cells(), params.train_config(), run, data,
-        prune_to=_grid_n(params.cells()),
+        params.sae_options(), _grid_n(params.cells()),
     )  # fmt: skip
+
+
+def n_axis_spec(grid: PackSpec, params: GridParams) -> PackSpec:
+    """Beside ``grid``: per k one Matryoshka cell of the largest n nested at the grid's n
+    values (no cells unless ``params.n_axis_matryoshka``); same data, settings, folder."""
+    return replace(
+        grid, cells=params.n_axis_cells(), sae_options=params.n_axis_options(), prune_to=(),
+        n_axis=True,
+    )  # fmt: skip
+
+
+def unfinished(spec: PackSpec, done: dict[str, CellRef]) -> list[tuple[int, int]]:
+    """The cells of ``spec`` not in ``done`` (by cell name: an n-axis cell shares its
+    (k, n) with a dedicated cell)."""
+    return [(k, n) for k, n in spec.cells if _name(spec, k, n) not in done]
 
 
 def plan(spec: PackSpec, cells: list[tuple[int, int]], n_packs: int) -> list[PackSpec]:
@@ -129,6 +152,8 @@ class CellRef:
     metrics: dict[str, float]
     steps: int
     seconds: float
+    n_axis: bool = False
+    """An n-axis Matryoshka cell (:func:`n_axis_spec`), not one of the grid's."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -173,6 +198,7 @@ def finished_cells(store: Store, spec: PackSpec) -> dict[str, CellRef]:
             metrics=payload["metrics"],
             steps=payload["steps"],
             seconds=payload["seconds"],
+            n_axis=spec.n_axis,
         )
     return done
 
@@ -211,7 +237,7 @@ def train_pack(
                 _push(d, store, f"{sweep_folder(spec.sweep_id)}/{d.name}")
 
     trainer = PackTrainer(
-        [SAEConfig(d_in=x_train.shape[1], n_latents=n, k=k) for k, n in todo],
+        [SAEConfig(d_in=x_train.shape[1], n_latents=n, k=k, **spec.sae_options) for k, n in todo],
         spec.train,
         run=spec.run,
         out_dir=out_dir,
@@ -228,6 +254,8 @@ def train_pack(
         if r.density is not None:  # the final evaluation's; None only for older states
             atomic_write_bytes(d / DENSITY_FILE, _npy_bytes(r.density))
         _write_importance(d, trainer.model(r.name), x_eval, spec.prune_to)
+        if r.sae_cfg.arch == "matryoshka":
+            _write_prefixes(d, trainer.model(r.name), x_eval)
         # Written after the trainer's final checkpoint, so copy metrics.json up last again.
         on_checkpoint([d])
     if not store.is_local:
@@ -245,6 +273,13 @@ def _write_importance(folder: Path, model, x_eval, prune_to: tuple[int, ...]) ->
     atomic_write_bytes(folder / PRUNING_FILE, json.dumps(payload).encode())
 
 
+def _write_prefixes(folder: Path, model, x_eval) -> None:
+    model.eval()  # BatchTopK inside: its threshold, as at inference
+    rows = prefix_metrics(model, x_eval, model.cfg.prefixes)
+    payload = {str(p.n_latents): {"nmse": p.nmse, "dead_fraction": p.dead_fraction} for p in rows}
+    atomic_write_bytes(folder / PREFIXES_FILE, json.dumps(payload).encode())
+
+
 def _grid_n(cells: list[tuple[int, int]]) -> tuple[int, ...]:
     return tuple(sorted({n for _, n in cells}))
 
@@ -258,7 +293,8 @@ def _load(spec: PackSpec, store: Store) -> tuple[torch.Tensor, torch.Tensor | No
 
 
 def _name(spec: PackSpec, k: int, n: int) -> str:
-    return cell_name(spec.run.domain, k, n, spec.train.batch_size)
+    suffix = SAEConfig(d_in=1, n_latents=n, k=k, **spec.sae_options).name_suffix
+    return cell_name(spec.run.domain, k, n, spec.train.batch_size, suffix)
 
 
 def _work_dir(store: Store, spec: PackSpec, scratch: Path) -> Path:
