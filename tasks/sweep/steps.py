@@ -36,6 +36,7 @@ from tasks.sweep.track import (
     load_density,
     load_history,
     load_importance,
+    load_prefixes,
     load_pruning,
     log_cell,
     register_cell,
@@ -125,9 +126,12 @@ def log_cell_task(ctx, parent_id: str, ref: dict, k: int, n_latents: int) -> dic
     return {"run_id": run_id, "version": version}
 
 
-def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> list[Path]:
+def plot_sweep(
+    store: Store, refs: list[CellRef], domain: str, out: Path, nested: list[CellRef] = ()
+) -> list[Path]:
     """The parent run's plots: the NMSE-vs-k frontier, densities, training curves, latent
-    importance and pruning (cells finished before those were kept are left out)."""
+    importance and pruning (cells finished before those were kept are left out); the
+    ``nested`` n-axis Matryoshka cells join the pruning plot as their prefixes."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"k": r.k, "n_latents": r.n_latents, **r.metrics} for r in refs]
     paths = [pareto_plot(rows, out / "nmse_vs_k.png", domain=domain)]
@@ -146,15 +150,18 @@ def plot_sweep(store: Store, refs: list[CellRef], domain: str, out: Path) -> lis
     importances = {k: v for k, v in importances.items() if v is not None}
     if importances:
         paths.append(importance_plot(importances, out / "importance.png"))
-    pruning = pruning_series(store, refs)
+    pruning = pruning_series(store, refs, nested)
     if pruning:
         paths.append(pruning_plot(pruning, out / "pruning.png"))
     return paths
 
 
-def pruning_series(store: Store, refs: list[CellRef]) -> dict[int, dict[str, dict[int, float]]]:
-    """Per k with cells at two n or more: the dedicated cells' NMSE at each n, and the
-    largest-n cell's NMSE pruned by importance to each of those n (its pruning.json)."""
+def pruning_series(
+    store: Store, refs: list[CellRef], nested: list[CellRef] = ()
+) -> dict[int, dict[str, dict[int, float]]]:
+    """Per k with cells at two n or more: the dedicated cells' NMSE at each n, the
+    largest-n cell's NMSE pruned by importance to each of those n (its pruning.json) and,
+    when the sweep trained one, the n-axis Matryoshka model's prefixes (prefixes.json)."""
     series: dict[int, dict[str, dict[int, float]]] = {}
     for k in sorted({r.k for r in refs}):
         cells = sorted((r for r in refs if r.k == k), key=lambda r: r.n_latents)
@@ -167,6 +174,10 @@ def pruning_series(store: Store, refs: list[CellRef]) -> dict[int, dict[str, dic
             "trained at n": {r.n_latents: r.metrics["nmse"] for r in cells},
             "largest n pruned by importance": {m: v for m, v in pruned.items() if m in ns},
         }
+        for r in nested:
+            prefixes = load_prefixes(store, r) if r.k == k else None
+            if prefixes:
+                series[k]["one Matryoshka model, prefix n"] = prefixes
     return series
 
 

@@ -251,6 +251,15 @@ def load_pruning(store: Store, ref: CellRef) -> dict[int, float] | None:
     return {int(m): float(v) for m, v in raw.items()}
 
 
+def load_prefixes(store: Store, ref: CellRef) -> dict[int, float] | None:
+    """An n-axis Matryoshka cell's prefixes.json as {m: held-out NMSE of prefix m}."""
+    try:
+        raw = store.read_json(f"{ref.folder}/{PREFIXES_FILE}")
+    except FileNotFoundError:
+        return None
+    return {int(m): float(v["nmse"]) for m, v in raw.items()}
+
+
 def finished_before(client, params: SweepParams, code_version: str) -> bool:
     """Whether each domain of ``params`` has a finished sweep of this code with the same
     training settings over at least these cells: then a rerun most likely trains nothing

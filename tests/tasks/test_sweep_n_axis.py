@@ -14,6 +14,7 @@ from sae.metrics import prefix_metrics
 from sae.model import TopKSAE
 from tasks.sweep.config import GridParams
 from tasks.sweep.matrix import matrix_file
+from tasks.sweep.steps import plot_sweep, pruning_series
 from tasks.sweep.train import (
     PREFIXES_FILE,
     PackSpec,
@@ -69,6 +70,27 @@ def test_prefixes_json_holds_each_prefix_used_alone_on_the_held_out_rows(trained
     # The whole dictionary is the cell itself.
     assert payload["64"]["nmse"] == pytest.approx(ref.metrics["nmse"], rel=1e-4)
     assert payload["32"]["nmse"] > payload["64"]["nmse"]
+
+
+def test_the_pruning_plot_sets_the_prefixes_beside_the_pruned_and_dedicated_cells(
+    trained, tmp_path
+):
+    store, _, _, refs = trained
+    grid_refs, nested = [r for r in refs if not r.n_axis], [r for r in refs if r.n_axis]
+    (ref,) = nested
+    series = pruning_series(store, grid_refs, nested)[4]
+    prefixes = json.loads(store.read_bytes(f"{ref.folder}/{PREFIXES_FILE}"))
+    assert series["one Matryoshka model, prefix n"] == {
+        int(m): v["nmse"] for m, v in prefixes.items()
+    }
+    assert set(series) == {
+        "trained at n",
+        "largest n pruned by importance",
+        "one Matryoshka model, prefix n",
+    }
+    assert "pruning.png" in {
+        p.name for p in plot_sweep(store, grid_refs, "cs.LG", tmp_path, nested)
+    }
 
 
 def test_the_cell_run_gets_its_own_arch_params_and_the_prefix_metrics(trained, tmp_path):
