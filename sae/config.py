@@ -101,7 +101,8 @@ class SAEConfig:
         default=0.99,
         metadata={
             "help": "BatchTopK inference threshold: EMA decay of the smallest activation "
-            "kept per training batch (the first batch sets it, as in dictionary_learning)."
+            "kept per training batch, bias-corrected as Adam's moments (no early batch "
+            "outweighs the later ones)."
         },
     )
 
