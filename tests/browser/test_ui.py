@@ -90,6 +90,9 @@ def test_mlflow_ui_shows_runs_charts_plots_and_the_champion(swept):
 
         cell = runs["k8-n64"].info.run_id
         ui.open(f"{base}/runs/{cell}/model-metrics?{TRAINING}")
+        # The page draws the charts that scroll into view only; a user finds the curves by
+        # name, as here (there are more charts than fit: importance_*, prefix_* ...).
+        ui.page.get_by_placeholder("Search metric charts").fill("nmse")
         ui.expect("k8-n64 (nmse)", "train_nmse", "k8-n64 (train_nmse)").check("2-cell-metrics")
 
         ui.open(f"{base}/runs/{parent.info.run_id}?{TRAINING}")
