@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from sae.importance import pruned_nmse
+
 
 @dataclass(frozen=True)
 class EvalMetrics:
@@ -170,26 +172,9 @@ def prefix_metrics(
         raise ValueError(f"prefixes must lie in [1, {n}], got {list(prefixes)}")
     if N == 0:
         raise ValueError("cannot evaluate prefixes on an empty split")
-    device = model.b_pre.device
-    latent_N = torch.arange(n, device=device)
-    sq_err = torch.zeros(len(sizes), dtype=torch.float64, device=device)
-    sum_x = torch.zeros(model.d_in, dtype=torch.float64, device=device)
-    sum_x2 = torch.zeros((), dtype=torch.float64, device=device)
-    for start in range(0, N, batch_size):
-        x = x_ND[start : start + batch_size].to(device=device, dtype=torch.float32)
-        z_pre_BN = model.pre_activations(x - model.b_pre)
-        for s, m in enumerate(sizes):
-            z = z_pre_BN.masked_fill(latent_N >= m, -torch.inf)
-            v, i, keep = model.select(z, batch=False)
-            v = torch.relu(v) if keep is None else torch.relu(v).masked_fill(~keep, 0.0)
-            if keep is None:
-                v, i = v[:, : model.k], i[:, : model.k]
-            sq_err[s] += (model.decode(v, i).double() - x.double()).pow(2).sum()
-        xd = x.double()
-        sum_x += xd.sum(dim=0)
-        sum_x2 += xd.pow(2).sum()
-    total = sum_x2 - sum_x.pow(2).sum() / N
-    nmse = (sq_err / total.clamp_min(1e-30)).tolist()
+    # A prefix is the dictionary pruned to its first m latents in index order.
+    pruned = pruned_nmse(model, x_ND, np.arange(n), sizes, batch_size=batch_size)
+    nmse = [pruned[m] for m in sizes]
     dead = model.dead_mask()
     return [
         PrefixMetrics(m, e, dead[:m].float().mean().item())
