@@ -109,11 +109,7 @@ def pareto_plot(
                     color=colour,
                 )
 
-    ax_k.set_xscale("log", base=2)
-    ax_k.set_xticks(ks, [str(k) for k in ks])
-    ax_k.minorticks_off()
-    if len(ks) == 1:
-        ax_k.set_xlim(ks[0] / 2, ks[0] * 2)
+    _log2_axis(ax_k, ks)
     ax_k.set_xlabel("k (active latents)")
     ax_k.set_ylabel("NMSE (held out)")
     ax_k.set_title("NMSE vs k")
@@ -279,17 +275,23 @@ def pruning_plot(
                 markersize=4,
                 label=f"k={k} {name}",
             )
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ns, [str(n) for n in ns])
-    ax.minorticks_off()
-    if len(ns) == 1:
-        ax.set_xlim(ns[0] / 2, ns[0] * 2)
+    _log2_axis(ax, ns)
     ax.set_xlabel("n (latents kept)")
     ax.set_ylabel("NMSE (held out)")
     ax.set_title(title or "Pruned by importance vs trained at each n")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncols=2 if len(ks) * len(names) > 6 else 1)
     return _save(fig, path)
+
+
+def _log2_axis(ax, values: list[int]) -> None:
+    """A log2 x axis labelled at exactly the grid's values (k or n), with room around a
+    single value."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.minorticks_off()
+    if len(values) == 1:
+        ax.set_xlim(values[0] / 2, values[0] * 2)
 
 
 __all__ = [
