@@ -146,6 +146,8 @@ class PackTrainer:
         self._cells: list[_Cell] = []
         self.epoch_seconds: list[float] = []
         """Wall time of each epoch's step loop in the last fit (no init, export or eval)."""
+        self.x_eval: torch.Tensor | None = None
+        """[N_eval, d] the rows the last fit evaluated on (given, or held out by it)."""
         # None keeps the matmul in float32; otherwise the dtype it runs in.
         self._compute_dtype = (
             None if train.compute_dtype == "float32" else getattr(torch, train.compute_dtype)
@@ -161,6 +163,7 @@ class PackTrainer:
             x_train, x_eval = split(x, self.train.eval_fraction, self.train.seed)
         else:
             x_train, x_eval = x, as_matrix(x_eval, self.d_in, "eval embeddings")
+        self.x_eval = x_eval
         if x_train.shape[0] < 2:
             raise DataError("need at least 2 training rows")
         if self.device.type == "cpu":

@@ -23,7 +23,6 @@ from infra.code_version import code_version
 from infra.store import Store
 from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, atomic_write_bytes
 from sae.config import RunInfo, SAEConfig, TrainConfig, cell_name
-from sae.data import split
 from sae.importance import latent_importance, pruned_nmse
 from sae.kernels import choose_backend
 from sae.metrics import prefix_metrics
@@ -247,8 +246,7 @@ def train_pack(
     )
     log.info("%s: training %d cell(s) on %d x %d", spec.label, len(todo), *x_train.shape)
     results = trainer.fit(x_train, x_eval)
-    if x_eval is None:  # the rows the trainer held out and evaluated on
-        x_eval = split(x_train, spec.train.eval_fraction, spec.train.seed).eval
+    x_eval = trainer.x_eval  # a matrix file's: the rows the trainer held out
     for r in results:
         d = out_dir / r.name
         if r.density is not None:  # the final evaluation's; None only for older states
