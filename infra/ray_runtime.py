@@ -43,21 +43,20 @@ def ensure_ray(settings) -> dict[str, float]:
     import ray
 
     if not ray.is_initialized():
-        env = {k: os.environ[k] for k in _FORWARDED if k in os.environ}
-        kwargs = dict(
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            runtime_env={"env_vars": env},
-        )
+        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if settings.ray_address:
             _check_reachable(settings.ray_address)
+            env = {k: os.environ[k] for k in _FORWARDED if k in os.environ}
+            kwargs["runtime_env"] = {"env_vars": env}
         try:
             if settings.ray_address:
                 log.info("joining the Ray cluster at %s", settings.ray_address)
-                ray.init(address=settings.ray_address, **kwargs)
+                _join(settings.ray_address, kwargs)
             else:
-                # A local Ray for this process only; it stops when the process exits.
+                # A local Ray for this process only; it stops when the process exits. Its
+                # workers inherit this environment: no runtime_env, so the workers Ray
+                # starts with it serve the tasks (one with a runtime_env needs new ones,
+                # each started through an extra Python process).
                 ray.init(num_cpus=os.cpu_count(), **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             if settings.ray_address and _token_refused(exc):
@@ -77,6 +76,26 @@ def ensure_ray(settings) -> dict[str, float]:
                 )
             raise RayUnavailableError(f"cannot start or reach {where}: {exc}{hint}") from exc
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+#: Ray Client's head starts one server process per driver; seen on a loaded 2-core head
+#: (Ray 2.60): that process dies before it runs, with empty logs, while the head's proxy
+#: logs "Other threads are currently calling into gRPC, skipping fork() handlers". A new
+#: connection gets a new process on another port.
+_CLIENT_SERVER_DIED = "Starting Ray client server failed"
+
+
+def _join(address: str, kwargs: dict) -> None:
+    import ray  # see ensure_ray
+
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        if _CLIENT_SERVER_DIED not in str(exc):
+            raise
+        log.warning("the head's Ray Client server for this driver died at start; once more")
+        ray.shutdown()
+        ray.init(address=address, **kwargs)
 
 
 def _token_refused(exc: BaseException) -> bool:

@@ -47,11 +47,11 @@ def _sae(home: Path, *args: str, timeout: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, arxiv_data):
+def swept(tmp_path_factory, cs_lg_head):
     """A 1 x 2 sweep run without `sae up`, then `sae up`; the stack's URLs and the run."""
     chromium()  # skip (or fail in CI) before minutes of training
     home = tmp_path_factory.mktemp("ui") / "sae_home"
-    sweep = ["sweep", "cs.LG", "--source", str(arxiv_data / "cs_lg.jsonl.gz"), "--limit", "100"]
+    sweep = ["sweep", "cs.LG", "--source", str(cs_lg_head), "--limit", "100"]
     sweep += ["--k", "4,8", "--n", "64", "--epochs", "8", "--batch-size", "8", "--lr", "3e-3"]
     output = _sae(home, *sweep, timeout=3000)
     link = re.search(r"`sae up`, then open http://127\.0\.0\.1:\d+/runs/flow-run/(\S{36})", output)

@@ -30,10 +30,16 @@ def _free_port() -> int:
 
 
 class Head:
-    def __init__(self, address: str, client_address: str, token_path: Path) -> None:
+    def __init__(self, address: str, client_address: str, token_path: Path, tmp: Path) -> None:
         self.address = address  # host:port of its GCS, as for a driver inside the cluster
         self.client_address = client_address  # ray://host:port, Ray Client from outside
         self.token_path = token_path
+        self.tmp = tmp
+
+    def client_server_logs(self) -> str:
+        """The ends of the head's Ray Client server logs: why a ray:// driver was refused."""
+        logs = sorted(self.tmp.glob("session_*/logs/ray_client_server*"))
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
 
     def driver_env(self, address: str | None = None, **extra: str) -> dict[str, str]:
         return {
@@ -107,7 +113,7 @@ def ray_head():
             assert head.poll() is None, (tmp / "head.log").read_text()
             assert time.monotonic() < deadline, "the Ray head did not start in 600 s"
             time.sleep(0.5)
-        yield Head(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", token)
+        yield Head(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", token, tmp)
     finally:
         # `ray stop` would stop every Ray on the machine; this stops the head's group only.
         os.killpg(head.pid, signal.SIGKILL)
@@ -120,7 +126,7 @@ def ray_head():
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("client", [False, True], ids=["gcs-address", "ray-client"])
 def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
-    ray_head, arxiv_data, prefect_api, tmp_path, client
+    ray_head, cs_lg_head, prefect_api, tmp_path, client
 ):
     address = ray_head.client_address if client else ray_head.address
     drivers_before = len(ray_head.jobs())
@@ -133,7 +139,7 @@ def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
             "sweep",
             "cs.LG",
             "--source",
-            str(arxiv_data / "cs_lg.jsonl.gz"),
+            str(cs_lg_head),
             "--limit",
             "120",
             "--k",
@@ -152,7 +158,7 @@ def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
         text=True,
     )
     out, _ = sweep.communicate(timeout=600)
-    assert sweep.returncode == 0, out
+    assert sweep.returncode == 0, out + ray_head.client_server_logs()
     assert f"joining the Ray cluster at {address}" in out
     # The session's Prefect server listens on 127.0.0.1: fine here, not on a real cluster.
     assert "cannot report their task runs to it" in out
