@@ -269,10 +269,12 @@ def sweep(params: SweepParams) -> None:
     child run and a registered model per cell. A rerun retrains nothing; a sweep that died
     resumes its unfinished cells. Exits 0 only when every cell finished.
     """
-    from tasks.sweep.results import SWEEP_COLUMNS, results_table  # torch: see the docstring
-
     setup_logging(own_handler=False)
-    for r in _run_sweep(params):
+    results = _run_sweep(params)
+    # torch (see its docstring), loaded by the flow by now: not before the servers start.
+    from tasks.sweep.results import SWEEP_COLUMNS, results_table
+
+    for r in results:
         typer.echo(f"\n{r.domain}: sweep {r.sweep_id}, data snapshot {r.data_snapshot}")
         typer.echo(results_table(r.cells, SWEEP_COLUMNS))
         if r.champion:
@@ -283,7 +285,7 @@ def sweep(params: SweepParams) -> None:
 def _run_sweep(params):
     """Runs the flow against a Prefect server for this run. Exit codes: 1 when some cells
     or shards failed (rerun to resume), 2 on bad input or a service down."""
-    from tasks.sweep.preflight import check_sweep_inputs  # torch: see the module's docstring
+    from tasks.sweep.preflight import check_sweep_inputs
 
     settings = get_settings()
     with exit_codes(_sweep_exit_codes):
@@ -301,8 +303,8 @@ def _run_sweep(params):
 
 
 def _sweep_exit_codes() -> ExitCodes:
-    # Loaded by then, or torch's seconds for nothing: see the module's docstring.
-    from flows.sweep import SweepFailedError
+    # Neither imports torch: a refusal before the flow starts must not wait for it.
+    from tasks.sweep.config import SweepFailedError
     from tasks.sweep.preflight import BAD_INPUT
 
     bad = (*BAD_INPUT, *SERVICE_ERRORS, EmbeddingStoreError)
@@ -313,7 +315,9 @@ def _warm_up(settings, params: SweepParams) -> None:
     """While the Prefect server boots (15-20 s on 2 cores, most of it Prefect importing
     its server): import the flow (torch, MLflow, Prefect), open the MLflow store (a new
     sqlite file migrates for seconds) and start Ray (10-15 s), unless the same sweep
-    finished before and a rerun most likely needs no Ray at all."""
+    finished before and a rerun most likely needs no Ray at all. One after the other:
+    starting Ray in a second thread beside the imports gained nothing on 2 cores (a 1-cell
+    sweep took 85 s that way, 78-84 s this way), all of it being CPU-bound."""
     import flows.sweep  # noqa: F401  (the point: its import overlaps the server's boot)
     from tasks.sweep.track import finished_before
 

@@ -32,7 +32,7 @@ from infra.store import Store
 from infra.tracking import ensure_experiment, mlflow_client
 from tasks.corpus.domains import get_domain
 from tasks.embed.embedders import embedder_name
-from tasks.sweep.config import SweepParams, sweep_id
+from tasks.sweep.config import SweepFailedError, SweepParams, sweep_id
 from tasks.sweep.results import SWEEP_COLUMNS, results_table
 from tasks.sweep.steps import (
     ensure_corpus,
@@ -62,10 +62,6 @@ from tasks.sweep.train import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class SweepFailedError(RuntimeError):
-    """Some cells did not finish; the finished ones are recorded."""
 
 
 @dataclass

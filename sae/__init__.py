@@ -23,7 +23,7 @@ _EXPORTS = {
     "SAEConfig": "sae.config",
     "TrainConfig": "sae.config",
     "cell_name": "sae.config",
-    "DataError": "sae.data",
+    "DataError": "sae.errors",
     "EvalMetrics": "sae.metrics",
     "Evaluation": "sae.metrics",
     "evaluate": "sae.metrics",

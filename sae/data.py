@@ -9,9 +9,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-
-class DataError(ValueError):
-    """The embedding matrix cannot be trained on."""
+from sae.errors import DataError
 
 
 class Split(NamedTuple):

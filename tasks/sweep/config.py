@@ -28,6 +28,10 @@ class SweepInputError(ValueError):
     """The sweep cannot start: no papers, no embeddings, an unknown snapshot."""
 
 
+class SweepFailedError(RuntimeError):
+    """Some cells did not finish; the finished ones are recorded."""
+
+
 def _knob(name: str, **schema) -> Any:
     """A library setting as a sweep parameter: its default and help are those of
     :class:`sae.config.TrainConfig` or :class:`sae.config.SAEConfig`, the one place they

@@ -10,7 +10,7 @@ from __future__ import annotations
 from infra.settings import Settings
 from infra.store import Store
 from sae.config import ConfigError
-from sae.data import DataError
+from sae.errors import DataError
 from tasks.corpus.domains import Domain, UnknownDomainError, get_domain
 from tasks.corpus.readers import SourceError, check_source
 from tasks.corpus.storage import corpus_dir

@@ -167,8 +167,15 @@ def test_the_real_command_refuses_bad_input_in_one_line(tmp_path, args, message)
     # A subprocess: stderr exactly as a user sees it (logging, warnings and all).
     env = {**os.environ, "SAE_HOME": str(tmp_path / "home")}
     env.pop("SAE_DEBUG", None)
+    loaded = tmp_path / "modules.txt"
+    # `python -m flows.cli`, noting at exit the modules it loaded.
+    run_cli = (
+        "import atexit, runpy, sys\n"
+        f"atexit.register(lambda: open({str(loaded)!r}, 'w').write(' '.join(sys.modules)))\n"
+        "runpy.run_module('flows.cli', run_name='__main__', alter_sys=True)\n"
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "sweep", "cs_lg", *SMALL, *args],
+        [sys.executable, "-c", run_cli, "sweep", "cs_lg", *SMALL, *args],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -179,6 +186,8 @@ def test_the_real_command_refuses_bad_input_in_one_line(tmp_path, args, message)
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line
     assert not (tmp_path / "home" / "prefect").exists()  # no Prefect server, no flow run
+    # Nor the seconds of importing what only a run needs.
+    assert {"torch", "mlflow", "ray"}.isdisjoint(loaded.read_text().split())
 
 
 def test_a_bug_is_one_line_and_its_traceback_goes_to_the_log_or_with_debug(monkeypatch, tmp_path):
