@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
+from infra.empty_db import seed_mlflow_db
 from infra.local_stack import check_mlflow
 from infra.settings import Settings, mask_url
 
@@ -43,6 +45,7 @@ def mlflow_client(settings: Settings):
     check_mlflow(settings)
     if uri.startswith("sqlite:///"):
         settings.home.mkdir(parents=True, exist_ok=True)
+        seed_mlflow_db(Path(uri.removeprefix("sqlite:///")), settings.cache_root)
     # For the fluent calls (log_model). mlflow.set_tracking_uri also exports
     # MLFLOW_TRACKING_URI, which our settings read: put it back, so a later run in this
     # process (another SAE_HOME) does not inherit this one's tracking store.
