@@ -51,9 +51,10 @@ _PATHS = {"prefect": ("/api", "/api/health"), "mlflow": ("", "/health"), "s3": (
 CHECK_TIMEOUT_S = 5.0
 
 # Services a run's own Prefect server can do without (deployments, schedules, work pools,
-# cancellation, automations: a run started from the command line uses none of them). The
-# task run recorder stays: it is what records task runs.
+# cancellation, automations, block types: a run started from the command line uses none of
+# them). The task run recorder stays: it is what records task runs.
 _RUN_SERVER_OFF = (
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START",
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED",
     "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED",
     "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED",

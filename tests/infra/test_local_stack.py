@@ -200,6 +200,10 @@ def test_up_ui_down(settings, stack, cli, tmp_path):
     # A second `up`: nothing already healthy is restarted.
     assert ls.stack_up(settings) == {"prefect": prefect_url, "mlflow": mlflow_url}
     assert _pids(settings) == pids
+    # With `sae up` healthy, a run records there directly and starts no server of its own.
+    with ls.prefect_for_run(settings, timeout=600) as url:
+        assert url == prefect_url
+    assert _pids(settings) == pids
     if ls.importlib.util.find_spec("moto") is not None:
         result = cli("up", "--s3")
         assert result.exit_code == 0, result.output
