@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from infra.empty_db import template_path
 from infra.settings import mask_url
 
 if TYPE_CHECKING:
@@ -296,6 +297,7 @@ def start_prefect_server(
         "PREFECT_HOME": str(prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}",
+        "SAE_PREFECT_EMPTY_DB": str(template_path(settings.cache_root, "prefect")),
         # Not a client of another server, nor an older-named database setting over ours.
         "PREFECT_API_URL": None,
         "PREFECT_API_DATABASE_CONNECTION_URL": None,

@@ -6,7 +6,7 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
-from infra.empty_db import seed_mlflow_db
+from infra.empty_db import seed_mlflow_db, seed_prefect_db
 
 
 def _clauses(sql: str | None) -> list[str]:
@@ -62,3 +62,37 @@ def test_the_template_is_made_once_and_no_temporary_file_stays(tmp_path):
     assert [p.name for p in (cache / "empty-db").iterdir()] == [template.name]
     assert template.stat().st_mtime_ns == made
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["mlflow.db"]
+
+
+def test_a_prefect_database_is_migrated_once_then_copied(tmp_path):
+    template = tmp_path / "cache" / "empty-db" / "prefect-x.db"
+    held: list[sqlite3.Connection] = []
+
+    def migrate(target: Path) -> None:
+        # As a server would leave it: WAL mode, the tables still in the open log.
+        db = sqlite3.connect(target)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE alembic_version (version_num TEXT)")
+        db.execute("INSERT INTO alembic_version VALUES ('head')")
+        db.commit()
+        held.append(db)
+
+    first = tmp_path / "a" / "prefect.db"
+    first.parent.mkdir()
+    seed_prefect_db(first, template, lambda: migrate(first))
+    assert len(held) == 1 and template.exists()
+    with contextlib.closing(sqlite3.connect(template)) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("head",)]
+
+    second = tmp_path / "b" / "prefect.db"
+    second.parent.mkdir()
+    seed_prefect_db(second, template, lambda: migrate(second))
+    assert len(held) == 1  # copied, not migrated
+    with contextlib.closing(sqlite3.connect(second)) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("head",)]
+
+    second.write_bytes(b"kept")
+    seed_prefect_db(second, template, lambda: migrate(second))
+    assert second.read_bytes() == b"kept" and len(held) == 1
+    for db in held:
+        db.close()
