@@ -124,11 +124,11 @@ def ray_head():
 
 # Starting the head and a whole sweep can outlast the default 300 s on a loaded machine.
 @pytest.mark.timeout(1500)
-@pytest.mark.parametrize("client", [False, True], ids=["gcs-address", "ray-client"])
 def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
-    ray_head, cs_lg_head, prefect_api, tmp_path, client
+    ray_head, cs_lg_head, prefect_api, tmp_path
 ):
-    address = ray_head.client_address if client else ray_head.address
+    """Through Ray Client (ray://), the README's way in from outside the cluster."""
+    address = ray_head.client_address
     drivers_before = len(ray_head.jobs())
     home = tmp_path / "home"
     sweep = subprocess.Popen(
@@ -168,11 +168,41 @@ def test_the_sweep_runs_on_the_ray_head_named_by_ray_address(
     # are in the driver's store, not in the head's (which has no SAE_HOME or SAE_STORE).
     drivers = ray_head.jobs()
     assert len(drivers) == drivers_before + 2  # the sweep, and jobs() itself
-    if not client:
-        assert {"pid": sweep.pid, "dead": True} in drivers
     (metrics,) = (home / "store" / "sae").glob("*/csLG_4_32_32/metrics.json")
     assert 0 < json.loads(metrics.read_text())["metrics"]["nmse"] < 2
     assert "| 4 | 32 | " in out and "sae-cs.LG-k4-n32" in out
+
+
+@pytest.mark.timeout(900)
+def test_a_driver_on_the_clusters_network_joins_by_the_gcs_address(ray_head, tmp_path):
+    """host:port, as `ray job submit` and drivers inside the cluster give it: the driver
+    joins the head instead of starting a Ray, and the head's workers (whose environment
+    has no SAE_ settings) see the ones the driver forwards. The same tasks as above, so
+    no second sweep."""
+    store = tmp_path / "store"
+    script = (
+        "import logging, os, ray\n"
+        "from infra.ray_runtime import ensure_ray\n"
+        "from infra.settings import get_settings\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "ensure_ray(get_settings())\n"
+        "seen = ray.remote(lambda: (os.environ.get('SAE_STORE'), os.getpid()))\n"
+        "print('seen', os.getpid(), *ray.get(seen.remote()))\n"
+    )
+    driver = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=ray_head.driver_env(ray_head.address, SAE_STORE=str(store)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert driver.returncode == 0, driver.stdout + driver.stderr
+    assert f"joining the Ray cluster at {ray_head.address}" in driver.stderr
+    _, driver_pid, forwarded, worker_pid = driver.stdout.strip().splitlines()[-1].split()
+    assert forwarded == str(store)
+    assert worker_pid != driver_pid  # a worker of the head, not this process
+    assert {"pid": int(driver_pid), "dead": True} in ray_head.jobs()
 
 
 @pytest.mark.timeout(900)
