@@ -98,6 +98,11 @@ def ray_head():
             f"--dashboard-agent-listen-port={_free_port()}",
             f"--ray-client-server-port={client_port}",
             "--disable-usage-stats",
+            # What a cluster has and this test does not need: seconds of CPU each on 2
+            # cores. The log monitor ships workers' logs to drivers (ours ask for none);
+            # the monitor autoscales (a hidden flag of `ray start`).
+            "--include-log-monitor=false",
+            "--no-monitor",
             f"--temp-dir={tmp}",
         ],
         cwd=tmp,

@@ -199,7 +199,9 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
     from sae.trainer import PackTrainer
     from tasks.embed.snapshot import load_snapshot
 
-    params = dict(k=[8], n_latents=[1024], epochs=150, checkpoint_every_s=0)
+    # 50 epochs of 7 steps, a checkpoint after each: seconds between the first checkpoint
+    # and the end, against a kill that follows the first within a 50 ms poll.
+    params = dict(k=[8], n_latents=[1024], epochs=50, checkpoint_every_s=0)
     outcome: dict = {}
     thread = thread_in_context(lambda: outcome.update(r=_sweep(**params)))
     killed = None
@@ -223,7 +225,7 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
     x_train, x_eval = load_snapshot(sweep_store, CS, snap)
     ref = PackTrainer(
         [SAEConfig(d_in=x_train.shape[1], n_latents=1024, k=8)],
-        TrainConfig(batch_size=32, lr=1e-3, epochs=150, log_every_steps=10),
+        TrainConfig(batch_size=32, lr=1e-3, epochs=params["epochs"], log_every_steps=10),
         run=RunInfo(domain="cs.LG"),
     )
     ref.fit(torch.from_numpy(x_train), torch.from_numpy(x_eval))
