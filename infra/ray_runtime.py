@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 from infra.retries import WORKER_RETRIES
 
@@ -80,22 +81,33 @@ def ensure_ray(settings) -> dict[str, float]:
 
 #: Ray Client's head starts one server process per driver; seen on a loaded 2-core head
 #: (Ray 2.60): that process dies before it runs, with empty logs, while the head's proxy
-#: logs "Other threads are currently calling into gRPC, skipping fork() handlers". A new
-#: connection gets a new process on another port.
+#: logs "Other threads are currently calling into gRPC, skipping fork() handlers". Asked
+#: again at once, it died again (the proxy was still retrying the dead one's log stream):
+#: the next try waits until the proxy has given up on it.
 _CLIENT_SERVER_DIED = "Starting Ray client server failed"
+_CLIENT_TRIES = 3
+_CLIENT_RETRY_PAUSE_S = 20.0
 
 
 def _join(address: str, kwargs: dict) -> None:
     import ray  # see ensure_ray
 
-    try:
-        ray.init(address=address, **kwargs)
-    except ConnectionError as exc:
-        if _CLIENT_SERVER_DIED not in str(exc):
-            raise
-        log.warning("the head's Ray Client server for this driver died at start; once more")
-        ray.shutdown()
-        ray.init(address=address, **kwargs)
+    for attempt in range(1, _CLIENT_TRIES + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except ConnectionError as exc:
+            if _CLIENT_SERVER_DIED not in str(exc) or attempt == _CLIENT_TRIES:
+                raise
+            log.warning(
+                "the head's Ray Client server for this driver died at start (try %d of %d); "
+                "asking again in %.0f s",
+                attempt,
+                _CLIENT_TRIES,
+                _CLIENT_RETRY_PAUSE_S,
+            )
+            ray.shutdown()
+            time.sleep(_CLIENT_RETRY_PAUSE_S)
 
 
 def _token_refused(exc: BaseException) -> bool:
