@@ -198,8 +198,8 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
             row["champion"] = row["cell"] == champion.cell
         table = results_table(rows, SWEEP_COLUMNS)
         with tempfile.TemporaryDirectory() as tmp:
-            nested = [r for r in every if r.n_axis]
-            plots = plot_sweep(store, cells, domain, Path(tmp), nested)
+            n_axis_refs = [r for r in every if r.n_axis]
+            plots = plot_sweep(store, cells, domain, Path(tmp), n_axis_refs)
             log_summary(client, parent, table, rows, plots)
         create_markdown_artifact(
             markdown=f"## Sweep {sid} ({domain})\n\n{table}\n",
