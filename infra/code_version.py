@@ -22,8 +22,9 @@ WEIGHT_SOURCES = (
     # Reads the snapshot's vectors out of the embeddings (deduplication, order).
     "tasks/embed/manifest.py",
 )
-# Benchmarks live in the library but never run in training.
-_NOT_WEIGHT_SOURCES = ("sae/bench",)
+# Benchmarks and the codes of finished models (feature analysis) live in the library but
+# never run in training.
+_NOT_WEIGHT_SOURCES = ("sae/bench", "sae/codes.py")
 # The numeric stack's installed versions change the numbers; the rest of the lock (a UI
 # test's browser driver, a server) does not, so the lock file itself is not hashed.
 _NUMERIC_DISTS = ("torch", "numpy", "triton", "safetensors")
