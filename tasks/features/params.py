@@ -1,0 +1,63 @@
+"""The features flow's parameters, checked before anything starts (``sae features``)."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasks.corpus.domains import DOMAIN_HELP, UnknownDomainError, get_domain
+
+#: The cells chosen when none are named: the champion, and per k the widest cell.
+DEFAULT_CELLS = "default"
+_CELL = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class FeaturesParams(BaseModel):
+    """Cards, labels, families and a browser page for chosen cells of a finished sweep."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domains: list[str] = Field(
+        default=["cs.LG"],
+        min_length=1,
+        description=DOMAIN_HELP,
+        json_schema_extra={"argument": "DOMAIN"},
+    )
+    sweep: str | None = Field(
+        default=None,
+        description="The sweep id to read (`sae runs` lists them). Default: the domain's "
+        "newest finished sweep.",
+    )
+    cells: list[str] = Field(
+        default=[DEFAULT_CELLS],
+        min_length=1,
+        description="Cells to analyse: 'default' (the champion and, per k, the largest n), "
+        "'champion', 'all', or cell names (csLG_64_3072_1024).",
+    )
+
+    llm_labels: int = Field(
+        default=0,
+        ge=0,
+        description="Also label this many live features of each cell (the densest first) "
+        "with the LLM at SAE_LABEL_API_BASE, scored as the paper does; 0: offline labels only.",
+    )
+
+    @field_validator("domains")
+    @classmethod
+    def _canonical_domains(cls, v: list[str]) -> list[str]:
+        try:
+            names = [get_domain(name).name for name in v]
+        except UnknownDomainError as exc:
+            raise ValueError(str(exc)) from None
+        if len(set(names)) != len(names):
+            raise ValueError(f"domains repeat: {v} are {names}")
+        return names
+
+    @field_validator("cells")
+    @classmethod
+    def _cell_names(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not _CELL.match(c)]
+        if bad:
+            raise ValueError(f"not a cell name: {bad}")
+        return v

@@ -1,0 +1,149 @@
+"""One cell's features, end to end, as one Ray task: encode the snapshot's papers once
+(``codes.parquet``), then cards, offline labels with held-out scores, families, and the
+browser page, all written next to the cell in the store.
+
+Idempotent: a cell whose ``features.json`` exists is read back, not recomputed; codes
+written by an attempt that died later are reused. Every file is written atomically by
+the store, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from infra.store import Store
+from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, load_sae
+from sae.codes import encode_matrix
+from tasks.corpus.domains import get_domain
+from tasks.corpus.storage import read_papers
+from tasks.embed.manifest import Namespace
+from tasks.features import families as fam_mod
+from tasks.features import labels as label_mod
+from tasks.features.browser import render_browser
+from tasks.features.cards import decoder_neighbours, latent_stats
+from tasks.features.codes_store import read_codes, write_codes
+from tasks.features.document import build_document
+from tasks.features.schema import COOCCURS
+from tasks.sweep.train import pull_cell
+
+log = logging.getLogger(__name__)
+
+CODES_FILE = "codes.parquet"
+DOC_FILE = "features.json"
+PAGE_FILE = "browser.html"
+#: One paper in five is held out from label fitting (by a hash of its id, salted apart from
+#: the sweep's own 1-in-20 split) to score the labels.
+LABEL_HOLDOUT_EVERY = 5
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """What the Ray task needs: plain values only (it may run on another machine)."""
+
+    store_root: str
+    storage_options: dict
+    domain: str
+    embedder: str
+    snapshot_path: str
+    sweep_id: str
+    cell: str
+    folder: str
+    model: str  # the registered model version, shown on the page
+
+    def features_folder(self) -> str:
+        return f"{self.folder}/features"
+
+
+def label_holdout(ids: list[str]) -> np.ndarray:
+    """[N] bool: the papers held out from label fitting (stable as the corpus grows)."""
+    return np.array(
+        [int(hashlib.sha256(f"labels:{i}".encode()).hexdigest()[:8], 16) % LABEL_HOLDOUT_EVERY
+         == 0 for i in ids],
+        dtype=bool,
+    )  # fmt: skip
+
+
+def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
+    """The cell's summary (what MLflow gets); writes codes, features.json and the page."""
+    store = Store(job.store_root, job.storage_options)
+    out = job.features_folder()
+    try:
+        doc = store.read_json(f"{out}/{DOC_FILE}")
+        return {"summary": doc["summary"], "reused": True}
+    except FileNotFoundError:
+        pass
+    t0 = time.perf_counter()
+    dom = get_domain(job.domain)
+    with tempfile.TemporaryDirectory(dir=_mkdir(scratch)) as tmp:
+        local = pull_cell(store, job.folder, Path(tmp), (CFG_FILE, WEIGHTS_FILE))
+        model = load_sae(local, device).eval()
+    codes_rel = f"{out}/{CODES_FILE}"
+    if store.exists(codes_rel):
+        ids, codes = read_codes(store, codes_rel, model.n_latents)
+    else:
+        rows = store.read_parquet(job.snapshot_path)
+        ids, x = Namespace(store, job.embedder, dom).load(keys=rows)
+        codes = encode_matrix(model, x, device=device)
+        del x
+        write_codes(store, codes_rel, ids, codes)
+    t_codes = time.perf_counter()
+
+    titles, texts = texts_of(store, dom, ids)
+    stats = latent_stats(codes)
+    terms = label_mod.TermMatrix.build(texts)
+    labels = label_mod.label_features(
+        terms, codes.values_NW, codes.indices_NW, codes.n_latents, label_holdout(ids)
+    )
+    counts = fam_mod.cooccurrence(codes.values_NW, codes.indices_NW, codes.n_latents)
+    live = stats.counts_N > 0
+    families = fam_mod.build_families(counts, eligible=live)
+    cooccurs = fam_mod.top_cooccurring_all(counts, COOCCURS)
+    neighbours = decoder_neighbours(model.W_dec.detach().cpu())
+    summary = {
+        "live_features": int(live.sum()),
+        "dead_features": int((~live).sum()),
+        **label_mod.summarize(labels),
+        **fam_mod.summarize(families, int(live.sum())),
+        "codes_seconds": round(t_codes - t0, 2),
+        "analysis_seconds": round(time.perf_counter() - t_codes, 2),
+    }
+    meta = {
+        "cell": job.cell,
+        "domain": job.domain,
+        "sweep_id": job.sweep_id,
+        "k": model.k,
+        "n_latents": model.n_latents,
+        "model": job.model,
+    }
+    doc = build_document(meta, ids, titles, stats, labels, neighbours, cooccurs, families, summary)
+    # The page first: features.json marks the cell done.
+    store.write_bytes(f"{out}/{PAGE_FILE}", render_browser(doc).encode())
+    payload = json.dumps(doc, separators=(",", ":"))
+    store.write_bytes(f"{out}/{DOC_FILE}", payload.encode())
+    log.info("%s: features in %.1f s", job.cell, time.perf_counter() - t0)
+    # As a rerun reads it back (JSON keys are strings), so both runs report the same.
+    return {"summary": json.loads(payload)["summary"], "reused": False}
+
+
+def texts_of(store: Store, dom, ids: list[str]) -> tuple[list[str], list[str]]:
+    """Titles and "title\\n\\nabstract" of ``ids``, in their order ("" for a paper gone
+    from the corpus since: its code stays, its label evidence is empty)."""
+    papers = read_papers(store, dom).select("id", "title", "abstract").unique("id", keep="last")
+    table = pl.DataFrame({"id": ids}).join(papers, on="id", how="left", maintain_order="left")
+    titles = table["title"].fill_null("").to_list()
+    abstracts = table["abstract"].fill_null("").to_list()
+    return titles, [f"{t}\n\n{a}" for t, a in zip(titles, abstracts, strict=True)]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
