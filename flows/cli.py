@@ -25,6 +25,7 @@ from flows.cli_common import (
     setup_logging,
 )
 from flows.cli_params import model_command
+from flows.features_cli import register as register_feature_commands
 from flows.stack_cli import register as register_stack_commands
 from infra.code_version import code_version
 from infra.local_stack import StackError, check_mlflow, check_prefect, prefect_for_run
@@ -406,6 +407,7 @@ def _reembed_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+register_feature_commands(app)
 register_stack_commands(app)
 
 if __name__ == "__main__":

@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     embed_gpus: float = Field(
         default=1.0, gt=0, le=8, description="GPU share of one embedding shard task on a GPU."
     )
+    label_api_base: str = Field(
+        default="",
+        description="An OpenAI-compatible chat API for LLM feature labels (`sae features "
+        "--llm-labels N`); empty: offline labels only. Key: SAE_LABEL_API_KEY or "
+        "OPENAI_API_KEY, from the environment only.",
+    )
+    label_model: str = Field(default="gpt-4o-mini", description="The chat model for labels.")
+    label_price_in_per_mtok: float | None = Field(
+        default=None, ge=0, description="Price of 1M prompt tokens, to show what labels cost."
+    )
+    label_price_out_per_mtok: float | None = Field(
+        default=None, ge=0, description="Price of 1M completion tokens."
+    )
     harvest_api_url: str = Field(default="https://export.arxiv.org/api/query")
     harvest_oai_url: str = Field(default="https://oaipmh.arxiv.org/oai")
     harvest_min_interval_s: float = Field(

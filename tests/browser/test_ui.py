@@ -1,9 +1,10 @@
 """The MLflow and Prefect UIs in a real browser, after a small sweep run as a user runs it.
 
 `sae sweep` without `sae up` (its own Prefect server, the sqlite MLflow store), then
-`sae up`, then the pages a user opens: the experiment's runs, a cell's metric charts, the
-sweep's plots, the champion model, and the sweep's flow run with its task runs and
-artifacts in the Prefect UI.
+`sae up` and `sae features`, then the pages a user opens: the experiment's runs, a cell's
+metric charts, the sweep's plots, the champion model, the champion's feature browser
+page as MLflow shows it, and the sweep's flow run with its task runs and artifacts in
+the Prefect UI.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def swept(tmp_path_factory, cs_lg_head):
     assert link, output[-5000:]
     _sae(home, "up", timeout=900)
     try:
+        # The features of the sweep's cells, through the `sae up` servers.
+        features = _sae(home, "features", "cs.LG", timeout=1800)
+        assert "live features" in features, features[-5000:]
         status = stack_status(Settings(home=home))
         experiment = re.search(r"arxiv-sae/cs\.LG  (\S+)", _sae(home, "ui", timeout=300))
         assert experiment
@@ -128,3 +132,43 @@ def test_prefect_ui_shows_the_sweep_run_without_sae_up(swept):
         ui.open(f"{swept['prefect']}/runs/flow-run/{packs['id']}")
         ui.click("Task Runs").expect("train-k").check("4-packs-task-runs")
         ui.click("Artifacts").expect("cells done / total").check("5-packs-progress")
+
+
+def test_the_feature_page_works_inside_mlflows_artifact_viewer(swept):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(swept["mlflow"])
+    exp = client.get_experiment_by_name("arxiv-sae/cs.LG")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.run_kind = 'sweep'")
+    champion = next(
+        r.data.tags["cell"]
+        for r in client.search_runs([exp.experiment_id], "tags.champion = 'true'")
+    )
+    sweep_id = parent.data.tags["sweep_id"]
+    doc = json.loads(
+        (swept["home"] / "store" / "sae" / sweep_id / champion / "features" / "features.json")
+        .read_text()
+    )  # fmt: skip
+    live = [f for f in doc["features"] if f["density"]]
+    # A term of the densest feature's label, and the rows the search must leave (<= 200 shown).
+    term = max((f for f in live if f["label"]), key=lambda f: f["density"])["label"][0]
+    want = sum(any(term in t.lower() for t in f["label"]) for f in live)
+
+    page = f"features/{champion}.html"
+    url = f"{swept['mlflow']}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+    rows = "document.querySelectorAll('#features tbody tr').length"
+    shots = screenshot_dir("mlflow-features")
+    with browser(shots, MLFLOW_HARMLESS) as ui:
+        ui.open(f"{url}/artifacts/{page}?{TRAINING}").expect(page)
+        viewer = ui.page.frame_locator("iframe").first
+        viewer.locator("#features tbody tr").first.wait_for()
+        frame = next(f for f in ui.page.frames if f.query_selector("#features"))
+        assert frame.evaluate(rows) == min(len(live), 200)
+        viewer.locator("#search").fill(term)
+        frame.wait_for_function(f"() => {rows} === {min(want, 200)}", polling=100)
+        viewer.locator("#features tbody tr").first.click()
+        viewer.locator("#card").get_by_text("Top papers").wait_for()
+        ui.check("1-feature-page-in-mlflow")
+    assert not server_errors(swept["home"] / "logs" / "mlflow.log", MLFLOW_HARMLESS)

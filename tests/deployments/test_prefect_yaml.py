@@ -157,7 +157,11 @@ def test_deployments_apply_with_schedules_pools_limits_and_typed_parameters(depl
             assert {"since", "until", "source", "embedder", "limit"} <= set(fields)
         assert crons == {"cs.LG": "0 6 * * *", "astro-ph": "20 6 * * *"}
         names = {d.name for d in client.read_deployments(deployment_filter=DeploymentFilter())}
-        assert names == {"full", "reembed-cs-lg", "reembed-astro-ph"}
+        assert names == {"full", "features", "reembed-cs-lg", "reembed-astro-ph"}
+        feats = client.read_deployment_by_name("features/features")
+        assert feats.work_pool_name == "gpu" and feats.schedules == []
+        fields = feats.parameter_openapi_schema["definitions"]["FeaturesParams"]["properties"]
+        assert {"domains", "sweep", "cells"} <= set(fields)
 
     # What the server's scheduler makes of them: every day, 06:00 and 06:20 UTC.
     for domain, minute in (("cs.LG", 0), ("astro-ph", 20)):

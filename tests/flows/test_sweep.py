@@ -279,3 +279,91 @@ def _download(store: Store, folder: str):
     for name in ("model.safetensors", "cfg.json"):
         (local / name).write_bytes(store.read_bytes(f"{folder}/{name}"))
     return local
+
+
+def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
+    import json
+
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from flows.features import features
+    from sae.codes import encode_matrix
+    from sae.model import TopKSAE
+    from tasks.embed.manifest import Namespace
+    from tasks.embed.snapshot import snapshot_by_id
+    from tasks.features.codes_store import read_codes
+    from tasks.features.params import FeaturesParams
+
+    (first,) = _sweep(k=[8], n_latents=[32, 64], limit=200)
+    (report,) = features(FeaturesParams(domains=["cs_lg"]))
+    # By default the champion and, per k, the largest n.
+    assert report.sweep_id == first.sweep_id
+    assert set(report.cells) == {first.champion, "csLG_8_64_32"}
+
+    client = MlflowClient(get_settings().tracking_uri)
+    runs = {r.data.tags["cell"]: r for r in _cell_runs(client, first.sweep_id)}
+    parent_id = runs[first.champion].data.tags["mlflow.parentRunId"]
+    for cell in report.cells:
+        folder = f"sae/{first.sweep_id}/{cell}"
+        model = TopKSAE.load(f"{get_settings().store}/{folder}")
+        snap = snapshot_by_id(sweep_store, CS, "minilm-l6-v2", first.data_snapshot)
+        ids, x = Namespace(sweep_store, "minilm-l6-v2", CS).load(
+            keys=sweep_store.read_parquet(snap.path)
+        )
+        # The stored codes are the model's codes of every paper of the snapshot.
+        stored_ids, codes = read_codes(
+            sweep_store, f"{folder}/features/codes.parquet", model.n_latents
+        )
+        assert stored_ids == ids and len(ids) == snap.n_train + snap.n_eval
+        np.testing.assert_allclose(codes.dense(), encode_matrix(model, x).dense(), atol=1e-6)
+
+        doc = json.loads(sweep_store.read_bytes(f"{folder}/features/features.json"))
+        assert doc["cell"] == cell and doc["n_papers"] == len(ids)
+        assert len(doc["features"]) == model.n_latents
+        dense = codes.dense()
+        for f in doc["features"]:
+            col = dense[:, f["id"]]
+            assert f["density"] == pytest.approx((col > 0).mean(), rel=1e-3, abs=1e-9)
+            acts = [a for _, a in f["top"]]
+            assert acts == sorted(acts, reverse=True)
+            if acts:  # the top paper is the feature's strongest
+                assert doc["papers"][f["top"][0][0]]["id"] == ids[int(col.argmax())]
+        assert doc["summary"]["live_features"] == int((dense > 0).any(0).sum())
+        page = sweep_store.read_bytes(f"{folder}/features/browser.html").decode()
+        assert "features-data" in page and cell in page
+
+        metrics = client.get_run(runs[cell].info.run_id).data.metrics
+        assert {"label_f1_mean", "labels_scored", "families", "live_features"} <= set(metrics)
+    logged = {a.path for a in client.list_artifacts(parent_id, "features")}
+    assert {f"features/{c}.html" for c in report.cells} <= logged
+    assert "features/splitting.json" in logged and report.lineage is None
+    assert "csLG_8_32_32->csLG_8_64_32" in report.splitting
+
+    # `sae feature` prints a card of the champion from what is stored.
+    card = runner.invoke(app, ["feature", "cs.LG", "3"])
+    assert card.exit_code == 0, card.output
+    assert card.output.startswith(f"feature 3 of {first.champion}") and "top papers:" in card.output
+    missing = runner.invoke(app, ["feature", "cs.LG", "999"])
+    assert missing.exit_code == 2 and "out of range" in missing.output
+
+    # A rerun reuses what is stored.
+    doc_path = (
+        f"{get_settings().store}/sae/{first.sweep_id}/{first.champion}/features/features.json"
+    )
+    mtime = os.path.getmtime(doc_path)
+    (again,) = features(FeaturesParams(domains=["cs.LG"]))
+    assert again.cells == report.cells and os.path.getmtime(doc_path) == mtime
+
+    # New papers, a new sweep: its champion's features against the previous champion's.
+    (second,) = _sweep(k=[8], n_latents=[32, 64])
+    assert second.data_snapshot != first.data_snapshot
+    (later,) = features(FeaturesParams(domains=["cs.LG"], cells=["champion"]))
+    assert later.sweep_id == second.sweep_id and set(later.cells) == {second.champion}
+    assert later.lineage["previous_champion"] == first.champion
+    counts = later.lineage["counts"]
+    n_new = int(second.champion.split("_")[2])
+    assert counts["stable"] + counts["split"] + counts["new"] == n_new
+    assert counts["stable"] > 0  # most features survive 40 more papers
+    parent2 = client.get_run(_cell_runs(client, second.sweep_id)[0].data.tags["mlflow.parentRunId"])
+    assert parent2.data.metrics["lineage_stable"] == counts["stable"]
