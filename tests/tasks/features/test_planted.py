@@ -26,7 +26,7 @@ def planted():
     return build()
 
 
-def build(filler: float = 0.5, epochs: int = 60, n_latents: int = 64, k: int = 4):
+def build(filler: float = 0.5, epochs: int = 30, n_latents: int = 64, k: int = 4):
     rng = np.random.default_rng(0)
     atoms = rng.standard_normal((N_FILLER_ATOMS + len(TOPICS) + 1 + len(CHILDREN), D))
     atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
