@@ -293,6 +293,7 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
     from tasks.embed.manifest import Namespace
     from tasks.embed.snapshot import snapshot_by_id
     from tasks.features.codes_store import read_codes
+    from tasks.features.locate import FeaturesInputError
     from tasks.features.params import FeaturesParams
 
     (first,) = _sweep(k=[8], n_latents=[32, 64], limit=200)
@@ -348,12 +349,35 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
     assert missing.exit_code == 2 and "out of range" in missing.output
 
     # A rerun reuses what is stored.
-    doc_path = (
-        f"{get_settings().store}/sae/{first.sweep_id}/{first.champion}/features/features.json"
-    )
+    champion_folder = f"sae/{first.sweep_id}/{first.champion}/features"
+    doc_path = f"{get_settings().store}/{champion_folder}/features.json"
     mtime = os.path.getmtime(doc_path)
     (again,) = features(FeaturesParams(domains=["cs.LG"]))
     assert again.cells == report.cells and os.path.getmtime(doc_path) == mtime
+
+    # LLM labels through an OpenAI-compatible stand-in: written into the cards, cached.
+    from tests.tasks.features.llm_stub_server import StubChatServer
+
+    with (
+        StubChatServer() as stub,
+        environ(
+            SAE_LABEL_API_BASE=stub.url, SAE_LABEL_MODEL="stub-model", SAE_LABEL_API_KEY="sk-test1"
+        ),
+    ):
+        (llm,) = features(FeaturesParams(domains=["cs.LG"], cells=["champion"], llm_labels=3))
+        asked = len(stub.requests)
+        assert asked == 6  # explain + predict, three features
+        doc = json.loads(sweep_store.read_bytes(f"{champion_folder}/features.json"))
+        labelled = [f for f in doc["features"] if "llm" in f]
+        assert len(labelled) == 3 and all(f["llm"]["label"] for f in labelled)
+        densest = sorted(doc["features"], key=lambda f: -(f["density"] or 0))[:3]
+        assert {f["id"] for f in labelled} == {f["id"] for f in densest}
+        assert llm.cells[first.champion]["llm_labels"] == 3
+        features(FeaturesParams(domains=["cs.LG"], cells=["champion"], llm_labels=3))
+        assert len(stub.requests) == asked  # all three from the cache
+    missing = environ(SAE_LABEL_API_BASE="")
+    with missing, pytest.raises(FeaturesInputError, match="SAE_LABEL_API_BASE"):
+        features(FeaturesParams(domains=["cs.LG"], llm_labels=3))
 
     # New papers, a new sweep: its champion's features against the previous champion's.
     (second,) = _sweep(k=[8], n_latents=[32, 64])
