@@ -41,6 +41,7 @@ def run_features(params: FeaturesParams) -> None:
         check_mlflow(settings)
         check_prefect(settings)
         Store.from_settings(settings).check_writable()
+        _check_inputs(params, settings)
         with prefect_for_run(settings, while_booting=_import_flow):
             from flows.features import features  # imported meanwhile
 
@@ -60,15 +61,32 @@ def run_features(params: FeaturesParams) -> None:
     typer.echo("\nsae feature DOMAIN ID prints a card; the pages are on each sweep's MLflow run")
 
 
+def _check_inputs(params: FeaturesParams, settings) -> None:
+    """What the flow would refuse, refused before any server starts."""
+    from infra.tracking import mlflow_client
+    from tasks.features.locate import FeaturesInputError, choose_cells, find_sweep
+
+    if params.llm_labels and not settings.label_api_base:
+        raise FeaturesInputError(
+            "--llm-labels needs an OpenAI-compatible chat API: set SAE_LABEL_API_BASE "
+            "(and SAE_LABEL_MODEL; the key in SAE_LABEL_API_KEY or OPENAI_API_KEY)"
+        )
+    client = mlflow_client(settings)
+    for domain in params.domains:
+        choose_cells(find_sweep(client, domain, params.sweep), params.cells)
+
+
 def _import_flow() -> None:
     import flows.features  # noqa: F401  (overlaps the Prefect server's boot)
 
 
 def _exit_codes() -> ExitCodes:
+    from tasks.embed.manifest import EmbeddingStoreError
     from tasks.features.locate import FeaturesInputError
     from tasks.features.steps import FeaturesFailedError
 
-    return [(FeaturesFailedError, 1), ((*SERVICE_ERRORS, FeaturesInputError), 2)]
+    bad = (*SERVICE_ERRORS, FeaturesInputError, EmbeddingStoreError)
+    return [(FeaturesFailedError, 1), (bad, 2)]
 
 
 def feature(

@@ -159,3 +159,27 @@ def test_the_arch_settings_are_sweep_options(monkeypatch):
     result = runner.invoke(app, [*args, "--n", "32,64", "--prefixes", "16,64"])
     assert result.exit_code == 2
     assert "the last prefix must be n_latents=32" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["features", "cs.LG"], "no sweep of cs.LG is recorded in MLflow; run `sae sweep"),
+        (["features", "nope.XY"], "DOMAIN: unknown domain"),
+        (["features", "cs.LG", "--cells", "a b"], "not a cell name"),
+        (["features", "cs.LG", "--llm-labels", "5"], "set SAE_LABEL_API_BASE"),
+        (["feature", "cs.LG", "3"], "no sweep of cs.LG is recorded"),
+        (["feature", "nope", "3"], "neither a domain nor a cell name"),
+    ],
+)
+def test_features_refuse_what_is_missing_before_any_server_starts(
+    args, message, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SAE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SAE_LABEL_API_BASE", raising=False)
+    monkeypatch.setattr(
+        "flows.features_cli.prefect_for_run", lambda *a, **k: pytest.fail("must not start")
+    )
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output

@@ -375,6 +375,10 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
         assert llm.cells[first.champion]["llm_labels"] == 3
         features(FeaturesParams(domains=["cs.LG"], cells=["champion"], llm_labels=3))
         assert len(stub.requests) == asked  # all three from the cache
+    with pytest.raises(FeaturesInputError, match=r"no sweep abc of cs\.LG"):
+        features(FeaturesParams(domains=["cs.LG"], sweep="abc"))
+    with pytest.raises(FeaturesInputError, match="has no cell 'csLG_8_99_32'; it has csLG_8_32"):
+        features(FeaturesParams(domains=["cs.LG"], cells=["csLG_8_99_32"]))
     missing = environ(SAE_LABEL_API_BASE="")
     with missing, pytest.raises(FeaturesInputError, match="SAE_LABEL_API_BASE"):
         features(FeaturesParams(domains=["cs.LG"], llm_labels=3))
