@@ -11,6 +11,7 @@ every flow resumes where it stopped when run again.
 | arXiv, by quickstart    | the harvester       | 1 + 2 | 2, 4                        | 6 s        |
 | an API page empty early | the harvester       | 1 + 2 | the rate limit's 3          | 6 s        |
 | embeddings API          | its client          | 1 + 6 | 1, 2, 4, 8, 16, 32 x jitter | 63 s       |
+| chat API (LLM labels)   | its client          | 1 + 6 | 1, 2, 4, 8, 16, 32 x jitter | 63 s       |
 | S3 store                | ``Store``           | 1 + 5 | 0.5, 1, 2, 4, 8             | 15.5 s     |
 | local-folder store      | none                | 1     |                             | 0          |
 | a Ray worker dying      | Ray ``max_retries`` | 1 + 2 | none: rescheduled at once   | 0          |
@@ -24,6 +25,9 @@ every flow resumes where it stopped when run again.
 - The embeddings client (``tasks.embed.openai_api``) retries connection errors, timeouts,
   408, 429 and 5xx; each wait is times a jitter in [0.5, 1]; ``Retry-After`` /
   ``retry-after-ms`` win, capped at 60 s (360 s at most if the server asks).
+- The chat client of LLM labels (``tasks.features.llm_labels``) retries the same way (both
+  go through ``tasks.openai_http``). A malformed answer is asked for once more, a content
+  retry, not a transport one.
 - ``infra.store.Store`` retries any S3 error but a missing object, refused access or
   missing credentials, the whole call (a response cut off mid-body included); botocore's
   and s3fs's own loops are switched off so that this is the only one. The exclusive
@@ -74,6 +78,8 @@ ARXIV_QUICKSTART = Backoff(retries=2, first_s=ARXIV.first_s, max_s=ARXIV.max_s)
 ARXIV_EMPTY_PAGE_RETRIES = 2
 #: Requests to an OpenAI-compatible embeddings endpoint (defaults of its client).
 EMBEDDINGS_API = Backoff(retries=6, first_s=1.0, max_s=60.0)
+#: Requests to an OpenAI-compatible chat endpoint for LLM feature labels.
+CHAT_API = Backoff(retries=6, first_s=1.0, max_s=60.0)
 #: Calls to an S3 store: a restart or a few seconds of dropped connections cost a pause.
 STORE = Backoff(retries=5, first_s=0.5, max_s=8.0)
 #: Ray ``max_retries`` of an embedding shard and of a training pack: a worker that dies

@@ -12,7 +12,7 @@ Works with OpenAI and with servers that speak its embeddings API (vLLM, TEI, Lit
   exponential backoff (with jitter), or after the wait the server's ``Retry-After`` /
   ``retry-after-ms`` asks for; both capped at ``max_backoff_s``. 401/403 and other 4xx fail
   at once with the server's message. This is the only retry of a request to the endpoint
-  (its budget: :mod:`infra.retries`).
+  (its budget: :mod:`infra.retries`; the requests: :mod:`tasks.openai_http`).
 - ``dimensions`` is passed through (models that can shorten their vectors); the expected
   ``dim`` comes from the ``dim`` option, ``dimensions``, a table of OpenAI's models, or else
   the first response. Wrong counts, dims, or non-finite values end in EmbedderError.
@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import httpx
 import numpy as np
 
 from infra.retries import EMBEDDINGS_API
@@ -39,7 +36,7 @@ from tasks.embed.embedders import (
     openai_name,
     storage_name,
 )
-from tasks.retry_after import retry_after_seconds
+from tasks.openai_http import OpenAIHttp
 
 log = logging.getLogger("tasks.embed.openai_api")
 
@@ -53,26 +50,6 @@ KNOWN_DIMS = {
 }
 #: OpenAI's embedding models take at most this many tokens per input.
 OPENAI_MAX_TOKENS = 8191
-_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*.]{3,}")
-
-
-def _retryable(status: int) -> bool:
-    return status in (408, 429) or status >= 500
-
-
-def retry_after_hint(headers: httpx.Headers) -> float | None:
-    """The wait the server asks for: ``retry-after-ms``, or ``Retry-After`` (seconds or a date)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = (headers.get("retry-after") or "").strip()
-    try:  # fractional seconds, which some gateways send
-        return max(0.0, float(value))
-    except ValueError:
-        return retry_after_seconds(value)
 
 
 class OpenAIEmbedder:
@@ -113,19 +90,24 @@ class OpenAIEmbedder:
         if max_retries < 0:
             raise EmbedderError(f"{self.name}: max_retries must be >= 0, got {max_retries}")
         self.max_tokens = max_tokens
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.timeout_s = timeout_s
-        self._sleep = sleep
-        self.__key = next((os.environ[e] for e in KEY_ENVS if os.environ.get(e, "").strip()), "")
-        self.__key = self.__key.strip()
-        if not self.__key:
+        key = next((os.environ[e] for e in KEY_ENVS if os.environ.get(e, "").strip()), "")
+        if not key.strip():
             raise EmbedderError(
                 f"{self.name}: no API key: set OPENAI_API_KEY (or SAE_EMBED_API_KEY; any "
                 "non-empty value for a server that needs none)"
             )
-        self._client: httpx.Client | None = None
+        self.http = OpenAIHttp(
+            self.url,
+            key.strip(),
+            what=f"{self.name}: {self.url}",
+            key_hint="OPENAI_API_KEY (or SAE_EMBED_API_KEY)",
+            error=EmbedderError,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            sleep=sleep,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -142,9 +124,7 @@ class OpenAIEmbedder:
         return self._dim
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.http.close()
 
     def __enter__(self) -> OpenAIEmbedder:
         return self
@@ -168,7 +148,7 @@ class OpenAIEmbedder:
         body: dict[str, Any] = {"model": self.model, "input": batch}
         if self.dimensions is not None:
             body["dimensions"] = self.dimensions
-        payload = self._post(body)
+        payload = self.http.post(body)
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
             raise EmbedderError(f"{self.name}: {self.url}: the response has no 'data' list")
@@ -207,78 +187,3 @@ class OpenAIEmbedder:
                 f"{self.name}: {self.url}: expected dimension {self._dim}, got {arr.shape[1]}"
             )
         return arr
-
-    def _post(self, body: dict[str, Any]) -> Any:
-        """The JSON of a 200 response, after retries; EmbedderError otherwise."""
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout_s)
-        headers = {"Authorization": f"Bearer {self.__key}"}
-        attempts = self.max_retries + 1
-        last = "no attempt"
-        for attempt in range(attempts):
-            hint = None
-            try:
-                response = self._client.post(self.url, json=body, headers=headers)
-            except httpx.TransportError as exc:
-                last = self._scrub(f"{type(exc).__name__}: {exc}")
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise EmbedderError(
-                            f"{self.name}: {self.url}: the response is not JSON: "
-                            f"{self._message(response)}"
-                        ) from None
-                if status in (401, 403):
-                    raise EmbedderError(
-                        f"{self.name}: {self.url}: HTTP {status}: the server refused the key; "
-                        f"check OPENAI_API_KEY (or SAE_EMBED_API_KEY): {self._message(response)}"
-                    )
-                if not _retryable(status):
-                    raise EmbedderError(
-                        f"{self.name}: {self.url}: HTTP {status}: {self._message(response)}"
-                    )
-                last = f"HTTP {status}: {self._message(response)}"
-                hint = retry_after_hint(response.headers)
-            if attempt + 1 < attempts:
-                delay = hint
-                if delay is None:
-                    delay = self.backoff_s * 2**attempt * random.uniform(0.5, 1.0)
-                delay = min(delay, self.max_backoff_s)
-                log.warning(
-                    "%s: %s; retry %d of %d in %.1f s",
-                    self.name,
-                    last,
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                self._sleep(delay)
-        raise EmbedderError(
-            f"{self.name}: {self.url}: gave up after {attempts} attempts; last failure: {last}"
-        )
-
-    def _message(self, response: httpx.Response, limit: int = 300) -> str:
-        """The server's error message (OpenAI's ``error.message``, else the body's start)."""
-        text = ""
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if isinstance(payload, dict):
-            error = payload.get("error")
-            if isinstance(error, dict) and error.get("message"):
-                text = str(error["message"])
-            elif isinstance(error, str):
-                text = error
-        if not text:
-            text = response.content[:limit].decode("utf-8", "replace")
-        text = " ".join(text.split())[:limit]
-        return self._scrub(text) or "(empty body)"
-
-    def _scrub(self, text: str) -> str:
-        if self.__key:
-            text = text.replace(self.__key, "***")
-        return _KEY_LIKE.sub("sk-***", text)

@@ -20,9 +20,10 @@ Retries, two layers that never retry the same failure:
 
 - HTTP (:class:`ChatClient`): connection errors, timeouts, 408, 429 and 5xx, ``1 + 6`` tries
   waiting 1, 2, 4, 8, 16, 32 s times a jitter in [0.5, 1] (63 s at worst), or the server's
-  ``Retry-After`` / ``retry-after-ms``, each wait capped at 60 s (:data:`CHAT_API`; kept here,
-  outside :mod:`infra.retries`' table). 401, 403 and other 4xx fail at once with the server's
-  message. What is left raises :class:`LabelAPIError`, naming the endpoint.
+  ``Retry-After`` / ``retry-after-ms``, each wait capped at 60 s (``CHAT_API`` of
+  :mod:`infra.retries`' table; the requests: :mod:`tasks.openai_http`). 401, 403 and other
+  4xx fail at once with the server's message. What is left raises :class:`LabelAPIError`,
+  naming the endpoint.
 - Content (:class:`LLMLabeler`): a malformed answer (not JSON, wrong keys, wrong count of
   predictions, a score out of range) is asked once more, with a note appended to the prompt,
   then recorded as ``error="malformed answer: ..."``. A refusal (empty or "I cannot ..."
@@ -46,18 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import httpx
 import numpy as np
 
-from infra.retries import Backoff
-from tasks.embed.openai_api import retry_after_hint
+from infra.retries import CHAT_API
+from tasks.openai_http import OpenAIHttp
 
 log = logging.getLogger("tasks.features.llm_labels")
 
 #: Bump when a prompt or its parsing changes: cached labels of other versions are not reused.
 PROMPT_VERSION = 1
-#: HTTP retries of a chat request (see the module docstring).
-CHAT_API = Backoff(retries=6, first_s=1.0, max_s=60.0)
 KEY_ENVS = ("SAE_LABEL_API_KEY", "OPENAI_API_KEY")
 #: Each abstract is cut to this many characters: 40 abstracts stay near 15k tokens.
 MAX_ABSTRACT_CHARS = 1200
@@ -67,7 +65,6 @@ MAX_LABEL_CHARS = 200
 FIRES_AT = 5.0
 SCORE_MIN, SCORE_MAX = 0.0, 10.0
 
-_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*.]{3,}")
 _REFUSAL = re.compile(
     r"^\W*(i\s*(cannot|can\s*not|can't|can’t|am\s+unable|'m\s+unable|’m\s+unable|"
     r"am\s+sorry|'m\s+sorry|’m\s+sorry|won't|will\s+not)|sorry\b|as\s+an\s+ai\b)",
@@ -125,10 +122,6 @@ class ChatReply(NamedTuple):
     refusal: str | None = None
 
 
-def _retryable(status: int) -> bool:
-    return status in (408, 429) or status >= 500
-
-
 class ChatClient:
     """``POST {api_base}/chat/completions`` in JSON mode; see the module docstring."""
 
@@ -154,13 +147,8 @@ class ChatClient:
         self.api_base = api_base.rstrip("/")
         self.url = f"{self.api_base}/chat/completions"
         self.model = model
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         # None leaves it out: some reasoning models refuse any temperature but their own.
         self.temperature = temperature
-        self._sleep = sleep
         key = (api_key or "").strip() or next(
             (os.environ[e].strip() for e in KEY_ENVS if os.environ.get(e, "").strip()), ""
         )
@@ -169,18 +157,29 @@ class ChatClient:
                 f"{self.url}: no API key: set SAE_LABEL_API_KEY (or OPENAI_API_KEY; any "
                 "non-empty value for a server that needs none)"
             )
-        self.__key = key
-        #: HTTP requests sent, retries included.
-        self.attempts = 0
-        self._client: httpx.Client | None = None
+        self.http = OpenAIHttp(
+            self.url,
+            key,
+            what=self.url,
+            key_hint="SAE_LABEL_API_KEY (or OPENAI_API_KEY)",
+            error=LabelAPIError,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            sleep=sleep,
+        )
+
+    @property
+    def attempts(self) -> int:
+        """HTTP requests sent, retries included."""
+        return self.http.attempts
 
     def __repr__(self) -> str:
         return f"ChatClient(api_base={self.api_base!r}, model={self.model!r})"
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.http.close()
 
     def __enter__(self) -> ChatClient:
         return self
@@ -197,7 +196,7 @@ class ChatClient:
         }
         if self.temperature is not None:
             body["temperature"] = self.temperature
-        payload = self._post(body)
+        payload = self.http.post(body)
         choices = payload.get("choices") if isinstance(payload, dict) else None
         first = choices[0] if isinstance(choices, list) and choices else None
         message = first.get("message") if isinstance(first, dict) else None
@@ -218,74 +217,6 @@ class ChatClient:
             first.get("finish_reason") if isinstance(first.get("finish_reason"), str) else None,
             refusal if isinstance(refusal, str) and refusal.strip() else None,
         )
-
-    def _post(self, body: dict[str, Any]) -> Any:
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout_s)
-        headers = {"Authorization": f"Bearer {self.__key}"}
-        tries = self.max_retries + 1
-        last = "no attempt"
-        for attempt in range(tries):
-            hint = None
-            self.attempts += 1
-            try:
-                response = self._client.post(self.url, json=body, headers=headers)
-            except httpx.TransportError as exc:
-                last = self._scrub(f"{type(exc).__name__}: {exc}")
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise LabelAPIError(
-                            f"{self.url}: the response is not JSON: {self._message(response)}"
-                        ) from None
-                if status in (401, 403):
-                    raise LabelAPIError(
-                        f"{self.url}: HTTP {status}: the server refused the key; check "
-                        f"SAE_LABEL_API_KEY (or OPENAI_API_KEY): {self._message(response)}"
-                    )
-                if not _retryable(status):
-                    raise LabelAPIError(f"{self.url}: HTTP {status}: {self._message(response)}")
-                last = f"HTTP {status}: {self._message(response)}"
-                hint = retry_after_hint(response.headers)
-            if attempt + 1 < tries:
-                delay = hint
-                if delay is None:
-                    delay = self.backoff_s * 2**attempt * random.uniform(0.5, 1.0)
-                delay = min(delay, self.max_backoff_s)
-                log.warning(
-                    "%s: %s; retry %d of %d in %.1f s",
-                    self.url,
-                    last,
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                self._sleep(delay)
-        raise LabelAPIError(f"{self.url}: gave up after {tries} attempts; last failure: {last}")
-
-    def _message(self, response: httpx.Response, limit: int = 300) -> str:
-        """The server's error message (OpenAI's ``error.message``, else the body's start)."""
-        text = ""
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if isinstance(payload, dict):
-            error = payload.get("error")
-            if isinstance(error, dict) and error.get("message"):
-                text = str(error["message"])
-            elif isinstance(error, str):
-                text = error
-        if not text:
-            text = response.content[:limit].decode("utf-8", "replace")
-        return self._scrub(" ".join(text.split())[:limit]) or "(empty body)"
-
-    def _scrub(self, text: str) -> str:
-        text = text.replace(self.__key, "***")
-        return _KEY_LIKE.sub("sk-***", text)
 
 
 # --- the cache ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from infra import retries
 from infra.retries import (
     ARXIV,
     ARXIV_QUICKSTART,
+    CHAT_API,
     EMBEDDINGS_API,
     STORE,
     WORKER_RETRIES,
@@ -23,7 +24,8 @@ def _row(boundary: str) -> list[str]:
 @pytest.mark.parametrize(
     ("boundary", "policy", "worst_s"),
     [("arXiv API, OAI-PMH", ARXIV, 62), ("arXiv, by quickstart", ARXIV_QUICKSTART, 6),
-     ("embeddings API", EMBEDDINGS_API, 63), ("S3 store", STORE, 15.5)],
+     ("embeddings API", EMBEDDINGS_API, 63), ("chat API (LLM labels)", CHAT_API, 63),
+     ("S3 store", STORE, 15.5)],
 )  # fmt: skip
 def test_the_table_states_each_policy(boundary, policy, worst_s):
     _, _, tries, waits, worst = _row(boundary)
@@ -55,7 +57,7 @@ def test_each_layer_takes_its_budget_from_the_table(monkeypatch):
     assert config.empty_page_retries == retries.ARXIV_EMPTY_PAGE_RETRIES
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     client = OpenAIEmbedder("m", api_base="http://127.0.0.1:9/v1")
-    assert (client.max_retries, client.backoff_s, client.max_backoff_s) == (
+    assert (client.http.max_retries, client.http.backoff_s, client.http.max_backoff_s) == (
         EMBEDDINGS_API.retries,
         EMBEDDINGS_API.first_s,
         EMBEDDINGS_API.max_s,

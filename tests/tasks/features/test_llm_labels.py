@@ -246,7 +246,7 @@ def test_401_fails_at_once_with_the_scrubbed_server_message(stub, tmp_path):
     labeler = _labeler(stub, tmp_path)
     with pytest.raises(LabelAPIError, match=r"HTTP 401.*Incorrect API key provided") as info:
         _label(labeler)
-    assert len(stub.requests) == 1 and labeler.client._sleep == []
+    assert len(stub.requests) == 1 and labeler.client.http.attempts == 1
     _assert_no_key(info.value, labeler.client)
 
 
