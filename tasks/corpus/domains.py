@@ -80,6 +80,18 @@ def get_domain(name: str) -> Domain:
     raise UnknownDomainError(f"unknown domain {name!r}; known domains: {known}")
 
 
+def canonical_names(names: list[str]) -> list[str]:
+    """Each domain's canonical name, for a parameter model's validator: ValueError naming
+    an unknown domain or two spellings of one."""
+    try:
+        out = [get_domain(name).name for name in names]
+    except UnknownDomainError as exc:
+        raise ValueError(str(exc)) from None
+    if len(set(out)) != len(out):
+        raise ValueError(f"domains repeat: {names} are {out}")
+    return out
+
+
 def canonical_name(name: str) -> str:
     """The canonical name of a known domain in any spelling; any other label unchanged."""
     try:

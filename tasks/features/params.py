@@ -6,7 +6,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.corpus.domains import DOMAIN_HELP, UnknownDomainError, get_domain
+from tasks.corpus.domains import DOMAIN_HELP, canonical_names
 
 #: The cells chosen when none are named: the champion, and per k the widest cell.
 DEFAULT_CELLS = "default"
@@ -46,13 +46,7 @@ class FeaturesParams(BaseModel):
     @field_validator("domains")
     @classmethod
     def _canonical_domains(cls, v: list[str]) -> list[str]:
-        try:
-            names = [get_domain(name).name for name in v]
-        except UnknownDomainError as exc:
-            raise ValueError(str(exc)) from None
-        if len(set(names)) != len(names):
-            raise ValueError(f"domains repeat: {v} are {names}")
-        return names
+        return canonical_names(v)
 
     @field_validator("cells")
     @classmethod

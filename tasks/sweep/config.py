@@ -18,7 +18,11 @@ from pydantic import (
 )
 
 from sae.config import ConfigError, SAEConfig, TrainConfig
-from tasks.corpus.domains import DOMAIN_HELP, UnknownDomainError, canonical_name, get_domain
+from tasks.corpus.domains import (
+    DOMAIN_HELP,
+    canonical_name,
+    canonical_names,
+)
 
 PAPER_K = [16, 32, 64, 128]
 PAPER_N = [3072, 4608, 6144, 9216, 12288]
@@ -205,13 +209,7 @@ class SweepParams(GridParams):
     def _canonical_domains(cls, v: list[str]) -> list[str]:
         # Every spelling (cs_lg, csLG, CS.lg) becomes the canonical name here, at the edge
         # (CLI, Prefect form, deployment): experiments, models and cells are named from it.
-        try:
-            names = [get_domain(name).name for name in v]
-        except UnknownDomainError as exc:
-            raise ValueError(str(exc)) from None
-        if len(set(names)) != len(names):
-            raise ValueError(f"domains repeat: {v} are {names}")
-        return names
+        return canonical_names(v)
 
 
 class MatrixParams(GridParams):
