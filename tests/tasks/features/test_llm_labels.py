@@ -352,7 +352,8 @@ def test_token_and_cost_totals_add_up(stub, tmp_path):
 
 def test_no_key_and_no_prompt_in_the_logs(stub, tmp_path, caplog):
     stub.faults += ["429", "500", None, "malformed"]
-    with caplog.at_level(logging.DEBUG):
+    # On the module's own logger: an earlier test's setup_logging may hold "tasks" at INFO.
+    with caplog.at_level(logging.DEBUG, logger="tasks.features.llm_labels"):
         labeler = _labeler(stub, tmp_path)
         _label(labeler, latent=1)
         stub.faults.append((503, {}, {"error": {"message": f"overloaded for {KEY}"}}))
