@@ -14,6 +14,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -46,6 +47,7 @@ from tasks.sweep.track import (
     SweepContext,
     choose_champion,
     close_parent,
+    load_retrieval,
     log_summary,
     model_name,
     open_parent,
@@ -73,6 +75,7 @@ class DomainResult:
     cells: list[dict] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     champion: str | None = None
+    features: Any = None  # flows.features.DomainFeatures, with ``params.features``
 
 
 @flow(name="train-packs")
@@ -137,6 +140,12 @@ def sweep(params: SweepParams = SweepParams()) -> list[DomainResult]:  # noqa: B
         )
 
     failed = [f"{r.domain}: {msg}" for r in results for msg in r.failed]
+    if params.features and not failed:
+        from flows.features import features as features_flow
+        from tasks.features.params import FeaturesParams
+
+        for r in results:
+            (r.features,) = features_flow(FeaturesParams(domains=[r.domain], sweep=r.sweep_id))
     if failed:
         raise SweepFailedError(
             f"{len(failed)} pack(s) failed (finished cells are recorded; rerun to resume): "
@@ -187,7 +196,11 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
         out = log_cell_task(ctx, parent, ref.as_dict(), ref.k, ref.n_latents)
         run_ids[ref.cell], versions[ref.cell] = out["run_id"], out["version"]
     rows = [
-        {**r.row(), "model": f"{model_name(domain, r.k, r.n_latents, r.n_axis)}/{versions[r.cell]}"}
+        {
+            **r.row(),
+            **(load_retrieval(store, r) or {}),
+            "model": f"{model_name(domain, r.k, r.n_latents, r.n_axis)}/{versions[r.cell]}",
+        }
         for r in every
     ]
     if cells:

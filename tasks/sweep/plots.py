@@ -284,6 +284,38 @@ def pruning_plot(
     return _save(fig, path)
 
 
+def retrieval_plot(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Retrieval fidelity against k, one line per n: recall@10 of search with each held-out
+    query's reconstruction (solid) and with the codes alone (dashed), against search with
+    the original embedding; ``rows`` hold ``k``, ``n_latents`` and the metrics of
+    :class:`sae.retrieval.RetrievalFidelity`."""
+    points: dict[int, list[tuple[int, float, float]]] = {}
+    for row in rows:
+        points.setdefault(int(row["n_latents"]), []).append(
+            (
+                int(row["k"]),
+                _float(row.get("retrieval_recall_at_10")),
+                _float(row.get("sparse_recall_at_10")),
+            )
+        )
+    if not points:
+        raise ValueError("retrieval_plot: no rows to plot")
+    fig, (ax,) = _figure(width=6.4, height=4.4)
+    ks = sorted({k for pts in points.values() for k, _, _ in pts})
+    for colour, n in zip(_colours(len(points)), sorted(points), strict=True):
+        pts = sorted(points[n])
+        k_arr = [p[0] for p in pts]
+        ax.plot(k_arr, [p[1] for p in pts], marker="o", color=colour, label=f"n={n}")
+        ax.plot(k_arr, [p[2] for p in pts], marker="x", ls="--", color=colour, alpha=0.6)
+    _log2_axis(ax, ks)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("k (active latents per abstract)")
+    ax.set_ylabel("recall@10 against search with the embedding")
+    ax.set_title("Retrieval fidelity (solid: reconstruction; dashed: codes alone)")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
 def _log2_axis(ax, values: list[int]) -> None:
     """A log2 x axis labelled at exactly the grid's values (k or n), with room around a
     single value."""

@@ -34,6 +34,8 @@ METRIC_COLUMNS: dict[str, tuple[str, Callable[[Any], str], bool]] = {
     "dead_fraction": ("dead", _number("{:.3f}"), True),
     "l0": ("L0", _number("{:.2f}"), True),
     "auxk_loss": ("auxk", _number("{:.4f}"), True),
+    # Search with the reconstruction finds what search with the embedding finds (top 10).
+    "retrieval_recall_at_10": ("R@10", _number("{:.3f}"), True),
 }
 COLUMNS = {
     "domain": ("domain", _text, False),
@@ -72,5 +74,7 @@ def results_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
     return "\n".join([line(heads), rule, *(line(b) for b in body)])
 
 
-SWEEP_COLUMNS = ("k", "n_latents", *METRIC_NAMES, "seconds", "model", "champion")
+SWEEP_COLUMNS = (
+    "k", "n_latents", *METRIC_NAMES, "retrieval_recall_at_10", "seconds", "model", "champion"
+)  # fmt: skip
 TRAIN_COLUMNS = ("cell", "k", "n_latents", *METRIC_NAMES, "seconds")

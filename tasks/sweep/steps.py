@@ -29,6 +29,7 @@ from tasks.sweep.plots import (
     importance_plot,
     pareto_plot,
     pruning_plot,
+    retrieval_plot,
     training_curves,
 )
 from tasks.sweep.preflight import no_papers, unknown_snapshot
@@ -38,6 +39,7 @@ from tasks.sweep.track import (
     load_importance,
     load_prefixes,
     load_pruning,
+    load_retrieval,
     log_cell,
     register_cell,
 )
@@ -153,6 +155,13 @@ def plot_sweep(
     pruning = pruning_series(store, refs, nested)
     if pruning:
         paths.append(pruning_plot(pruning, out / "pruning.png"))
+    retrieval = [
+        {"k": r.k, "n_latents": r.n_latents, **found}
+        for r in refs
+        if (found := load_retrieval(store, r))
+    ]
+    if retrieval:
+        paths.append(retrieval_plot(retrieval, out / "retrieval_vs_k.png"))
     return paths
 
 

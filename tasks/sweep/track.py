@@ -9,7 +9,9 @@ Names: params ``k, n_latents, d_in, embedder, data_snapshot, code_version`` and 
 training setting of :class:`tasks.sweep.config.GridParams` (``batch_size, lr, epochs,
 ...``); final metrics as in :class:`sae.metrics.EvalMetrics`, plus ``importance_exponent``
 and ``importance_r2`` (the power-law fit of :mod:`sae.importance`); per-step metrics
-``train_loss, train_nmse, train_auxk_loss, train_dead_fraction, lr``. A Matryoshka cell
+``train_loss, train_nmse, train_auxk_loss, train_dead_fraction, lr``; the retrieval
+fidelity of :mod:`sae.retrieval` (``retrieval_recall_at_10``, ``retrieval_ndcg_at_10``,
+``retrieval_corpus_*``, ``sparse_recall_at_10``). A Matryoshka cell
 also logs, per prefix m, ``prefix_nmse_{m}`` and ``prefix_dead_fraction_{m}`` (its
 prefixes.json); its params ``arch, prefixes, ...`` are its own cfg.json's. The grid's
 n-axis Matryoshka cells (``n_axis_matryoshka``) are runs ``k{k}-n{n}-matryoshka`` and
@@ -51,6 +53,7 @@ from tasks.sweep.train import (
     IMPORTANCE_FILE,
     PREFIXES_FILE,
     PRUNING_FILE,
+    RETRIEVAL_FILE,
     CellRef,
     pull_cell,
 )
@@ -153,6 +156,7 @@ def log_cell(client, store: Store, ctx: SweepContext, parent_id: str, ref: CellR
         _log_history(client, run_id, local / HISTORY_FILE)
         _log_final(client, run_id, ref)
         _log_importance_fit(client, run_id, local / IMPORTANCE_FILE, ref.steps)
+        _log_json_metrics(client, run_id, local / RETRIEVAL_FILE, ref.steps)
         _log_prefixes(client, run_id, local / PREFIXES_FILE, ref.steps)
         client.log_artifacts(run_id, str(local), "checkpoint")
         model_id = _log_model(run_id, local)
@@ -249,6 +253,14 @@ def load_pruning(store: Store, ref: CellRef) -> dict[int, float] | None:
     except FileNotFoundError:
         return None
     return {int(m): float(v) for m, v in raw.items()}
+
+
+def load_retrieval(store: Store, ref: CellRef) -> dict[str, float] | None:
+    """The cell's retrieval.json, or None for a cell finished before it was kept."""
+    try:
+        return store.read_json(f"{ref.folder}/{RETRIEVAL_FILE}")
+    except FileNotFoundError:
+        return None
 
 
 def load_prefixes(store: Store, ref: CellRef) -> dict[int, float] | None:
@@ -362,6 +374,22 @@ def _log_importance_fit(client, run_id: str, path: Path, step: int) -> None:
         Metric(f"importance_{name}", value, now, step)
         for name, value in (("exponent", fit.exponent), ("r2", fit.r2))
         if np.isfinite(value)
+    ]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def _log_json_metrics(client, run_id: str, path: Path, step: int) -> None:
+    """The finite numbers of a cell's metrics file (retrieval.json), when it has one."""
+    from mlflow.entities import Metric
+
+    if not path.is_file():  # a cell finished before the file was kept
+        return
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(name, float(value), now, step)
+        for name, value in json.loads(path.read_text()).items()
+        if isinstance(value, int | float) and np.isfinite(value)
     ]
     if metrics:
         client.log_batch(run_id, metrics=metrics)

@@ -27,6 +27,7 @@ from sae.importance import latent_importance, pruned_nmse
 from sae.kernels import choose_backend
 from sae.metrics import prefix_metrics
 from sae.planner import plan_packs
+from sae.retrieval import retrieval_fidelity
 from sae.trainer import METRICS_FILE, STATE_FILE, LogFn, PackTrainer
 from tasks.corpus.domains import get_domain
 from tasks.embed.snapshot import Snapshot, load_snapshot
@@ -41,13 +42,16 @@ IMPORTANCE_FILE = "importance.npy"
 """[n] each latent's held-out NMSE rise when removed alone (:mod:`sae.importance`)."""
 PRUNING_FILE = "pruning.json"
 """{m: held-out NMSE} of the cell pruned by importance to each grid n <= its own."""
+RETRIEVAL_FILE = "retrieval.json"
+"""Search with the reconstructions against search with the originals (held-out papers as
+queries over the training papers): :class:`sae.retrieval.RetrievalFidelity`'s metrics."""
 PREFIXES_FILE = "prefixes.json"
 """A Matryoshka cell's prefixes used alone, {m: {"nmse", "dead_fraction"}} on the held-out
 rows (:func:`sae.metrics.prefix_metrics`)."""
 # Copied up in this order: metrics.json last, because it marks the cell as done.
 CELL_FILES = (
     CFG_FILE, WEIGHTS_FILE, HISTORY_FILE, DENSITY_FILE, IMPORTANCE_FILE, PRUNING_FILE,
-    PREFIXES_FILE, STATE_FILE, METRICS_FILE,
+    PREFIXES_FILE, RETRIEVAL_FILE, STATE_FILE, METRICS_FILE,
 )  # fmt: skip
 
 
@@ -252,6 +256,9 @@ def train_pack(
         if r.density is not None:  # the final evaluation's; None only for older states
             atomic_write_bytes(d / DENSITY_FILE, _npy_bytes(r.density))
         _write_importance(d, trainer.model(r.name), x_eval, spec.prune_to)
+        if not isinstance(spec.data, MatrixFile):
+            # A matrix file's held-out rows are inside its training matrix: no search there.
+            _write_retrieval(d, trainer.model(r.name), x_eval, x_train)
         if r.sae_cfg.arch == "matryoshka":
             _write_prefixes(d, trainer.model(r.name), x_eval)
         # Written after the trainer's final checkpoint, so copy metrics.json up last again.
@@ -269,6 +276,12 @@ def _write_importance(folder: Path, model, x_eval, prune_to: tuple[int, ...]) ->
     pruned = pruned_nmse(model, x_eval, np.argsort(-importance, kind="stable"), sizes)
     payload = {str(m): v for m, v in pruned.items()}
     atomic_write_bytes(folder / PRUNING_FILE, json.dumps(payload).encode())
+
+
+def _write_retrieval(folder: Path, model, x_eval, x_train) -> None:
+    model.eval()  # BatchTopK: its threshold, as at inference
+    fidelity = retrieval_fidelity(model, x_eval, x_train)
+    atomic_write_bytes(folder / RETRIEVAL_FILE, json.dumps(fidelity.as_dict()).encode())
 
 
 def _write_prefixes(folder: Path, model, x_eval) -> None:

@@ -13,6 +13,7 @@ from tasks.sweep.plots import (
     importance_plot,
     pareto_plot,
     pruning_plot,
+    retrieval_plot,
     training_curves,
 )
 
@@ -160,3 +161,16 @@ def test_pruning_plot_edge_cases(tmp_path):
         pruning_plot({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="empty"):
         pruning_plot({4: {"trained at n": {}}}, tmp_path / "x.png")
+
+
+def test_retrieval_plot(tmp_path):
+    rows = [
+        {"k": k, "n_latents": n, "retrieval_recall_at_10": 0.5 + k / 300 - n / 1e5,
+         "sparse_recall_at_10": 0.3 + k / 400}
+        for k in (16, 32, 64, 128) for n in (3072, 12288)
+    ]  # fmt: skip
+    assert_png(retrieval_plot(rows, tmp_path / "retrieval.png"))
+    one = [{"k": 8, "n_latents": 64, "retrieval_recall_at_10": 0.7}]  # no sparse figure
+    assert_png(retrieval_plot(one, tmp_path / "one.png"))
+    with pytest.raises(ValueError, match="no rows"):
+        retrieval_plot([], tmp_path / "x.png")
