@@ -25,6 +25,7 @@ from flows.cli_common import (
     setup_logging,
 )
 from flows.cli_params import model_command
+from flows.features_cli import features_text
 from flows.features_cli import register as register_feature_commands
 from flows.stack_cli import register as register_stack_commands
 from infra.code_version import code_version
@@ -280,6 +281,8 @@ def sweep(params: SweepParams) -> None:
         typer.echo(results_table(r.cells, SWEEP_COLUMNS))
         if r.champion:
             typer.echo(f"champion: {r.champion} (alias 'champion')")
+        if r.features:
+            typer.echo(f"features:\n{features_text(r.features)}")
     typer.echo(f"\nMLflow: {get_settings().tracking_uri}  (sae ui prints the UI addresses)")
 
 

@@ -49,16 +49,23 @@ def run_features(params: FeaturesParams) -> None:
             results = features(params)
     for r in results:
         typer.echo(f"\n{r.domain}: sweep {r.sweep_id}")
-        for cell, s in r.cells.items():
-            typer.echo(
-                f"  {cell}: {s['live_features']} live features; labels scored "
-                f"{s['labels_scored']}, F1 mean {s['label_f1_mean']}, F1 >= 0.8 "
-                f"{s['label_f1_ge_0_8']}; {s['families']} families"
-            )
-            typer.echo(f"    page: {r.pages[cell]}")
-        if r.lineage:
-            typer.echo(f"  against {r.lineage['previous_champion']}: {r.lineage['counts']}")
+        typer.echo(features_text(r))
     typer.echo("\nsae feature DOMAIN ID prints a card; the pages are on each sweep's MLflow run")
+
+
+def features_text(r) -> str:
+    """A domain's features (a :class:`flows.features.DomainFeatures`), a few lines a cell."""
+    lines = []
+    for cell, s in r.cells.items():
+        lines.append(
+            f"  {cell}: {s['live_features']} live features; labels scored "
+            f"{s['labels_scored']}, F1 mean {s['label_f1_mean']}, F1 >= 0.8 "
+            f"{s['label_f1_ge_0_8']}; {s['families']} families"
+        )
+        lines.append(f"    page: {r.pages[cell]}")
+    if r.lineage:
+        lines.append(f"  against {r.lineage['previous_champion']}: {r.lineage['counts']}")
+    return "\n".join(lines)
 
 
 def _check_inputs(params: FeaturesParams, settings) -> None:

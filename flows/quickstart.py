@@ -32,9 +32,10 @@ WINDOW_DAYS = 7
 MAX_PAPERS = 2000
 # k = 32 and 64: on 1,900 training papers k = 16 left 15% of n = 4,608's latents unfired
 # for a whole epoch (dead by the paper's rule, AuxK or not); 32 and 64 leave at most 2%.
+# --features: what a researcher comes for, the cells' labelled features, in the same run.
 GRID = (
     "--limit", "2000", "--k", "32,64", "--n", "3072,4608",
-    "--epochs", "10", "--batch-size", "256", "--lr", "1e-3",
+    "--epochs", "10", "--batch-size", "256", "--lr", "1e-3", "--features",
 )  # fmt: skip
 
 

@@ -203,6 +203,11 @@ class SweepParams(GridParams):
         le=1,
         description="The champion is the lowest-NMSE cell whose dead fraction is at most this.",
     )
+    features: bool = Field(
+        default=False,
+        description="Then read the features of the champion and, per k, the largest n, as "
+        "`sae features` does, in the same run (its Ray and Prefect server).",
+    )
 
     @field_validator("domains")
     @classmethod

@@ -1,7 +1,7 @@
 """The MLflow and Prefect UIs in a real browser, after a small sweep run as a user runs it.
 
-`sae sweep` without `sae up` (its own Prefect server, the sqlite MLflow store), then
-`sae up` and `sae features`, then the pages a user opens: the experiment's runs, a cell's
+`sae sweep --features` without `sae up` (its own Prefect server, the sqlite MLflow store),
+then `sae up`, then the pages a user opens: the experiment's runs, a cell's
 metric charts, the sweep's plots, the champion model, the champion's feature browser
 page as MLflow shows it, and the sweep's flow run with its task runs and artifacts in
 the Prefect UI.
@@ -54,14 +54,12 @@ def swept(tmp_path_factory, cs_lg_head):
     home = tmp_path_factory.mktemp("ui") / "sae_home"
     sweep = ["sweep", "cs.LG", "--source", str(cs_lg_head), "--limit", "100"]
     sweep += ["--k", "4,8", "--n", "64", "--epochs", "8", "--batch-size", "8", "--lr", "3e-3"]
-    output = _sae(home, *sweep, timeout=3000)
+    output = _sae(home, *sweep, "--features", timeout=3000)  # and their features
+    assert "live features" in output and "browser.html" in output, output[-5000:]
     link = re.search(r"`sae up`, then open http://127\.0\.0\.1:\d+/runs/flow-run/(\S{36})", output)
     assert link, output[-5000:]
     _sae(home, "up", timeout=900)
     try:
-        # The features of the sweep's cells, through the `sae up` servers.
-        features = _sae(home, "features", "cs.LG", timeout=1800)
-        assert "live features" in features, features[-5000:]
         status = stack_status(Settings(home=home))
         experiment = re.search(r"arxiv-sae/cs\.LG  (\S+)", _sae(home, "ui", timeout=300))
         assert experiment
@@ -119,7 +117,10 @@ def test_prefect_ui_shows_the_sweep_run_without_sae_up(swept):
     import httpx
 
     api = f"{swept['prefect']}/api"
-    query = {"flow_runs": {"parent_task_run_id": {"is_null_": False}}}
+    query = {
+        "flow_runs": {"parent_task_run_id": {"is_null_": False}},
+        "flows": {"name": {"any_": ["train-packs"]}},  # not the features subflow
+    }
     (packs,) = httpx.post(f"{api}/flow_runs/filter", json=query, trust_env=False).json()
     shots = screenshot_dir("prefect")
 

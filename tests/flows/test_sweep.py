@@ -112,7 +112,7 @@ def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
         assert len(curve) >= 2 and len({m.step for m in curve}) == len(curve)
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/nmse_vs_k.png", "plots/feature_density.png", "plots/training_nmse.png"} <= plots
-    assert {"plots/importance.png", "plots/pruning.png"} <= plots
+    assert {"plots/importance.png", "plots/pruning.png", "plots/retrieval_vs_k.png"} <= plots
 
     # The sweep's cell equals the same cell trained directly on the snapshot's rows.
     snap = snapshot_by_id(sweep_store, CS, parents_embedder(parent), snap_id)
@@ -126,6 +126,14 @@ def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
     stored = TopKSAE.load(folder)
     run = next(r for r in runs if r.data.params["k"] == "8" and r.data.params["n_latents"] == "64")
     assert run.data.metrics["nmse"] == pytest.approx(ref.metrics.nmse, rel=1e-4)
+    # Retrieval fidelity: held-out papers searched among the training papers.
+    from sae.retrieval import retrieval_fidelity
+
+    fidelity = retrieval_fidelity(stored, x_eval, x_train).as_dict()
+    for name, value in fidelity.items():
+        # Other threads may sum in another order: a near-tie may flip, nothing more.
+        assert run.data.metrics[name] == pytest.approx(value, abs=0.01), name
+    assert 0 < fidelity["retrieval_recall_at_10"] <= 1
 
     # One registered model per cell; exactly one champion; both loaders give the weights.
     versions = client.search_model_versions("name LIKE 'sae-cs.LG-k%'")
@@ -352,8 +360,10 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
     champion_folder = f"sae/{first.sweep_id}/{first.champion}/features"
     doc_path = f"{get_settings().store}/{champion_folder}/features.json"
     mtime = os.path.getmtime(doc_path)
-    (again,) = features(FeaturesParams(domains=["cs.LG"]))
-    assert again.cells == report.cells and os.path.getmtime(doc_path) == mtime
+    again = runner.invoke(app, ["features", "cs.LG"])  # and through the command line
+    assert again.exit_code == 0, again.output
+    assert again.output.count("live features") == len(report.cells)
+    assert os.path.getmtime(doc_path) == mtime
 
     # LLM labels through an OpenAI-compatible stand-in: written into the cards, cached.
     from tests.tasks.features.llm_stub_server import StubChatServer
