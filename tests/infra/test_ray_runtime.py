@@ -15,6 +15,13 @@ DIED = (
     "detailed logs.\n"
 )
 
+#: The same death, when the head's proxy inspects the process before it is reaped.
+ZOMBIE = (
+    "Initialization failure from server:\nTraceback (most recent call last):\n"
+    '  File ".../ray/util/client/server/proxier.py", line 765, in Datapath\n'
+    "psutil.ZombieProcess: PID still exists but it's a zombie (pid=31702)\n"
+)
+
 
 @pytest.fixture
 def calls(monkeypatch):
@@ -35,9 +42,10 @@ def calls(monkeypatch):
     return seen, outcomes
 
 
-def test_a_client_server_that_died_at_start_is_asked_for_again(calls):
+@pytest.mark.parametrize("message", [DIED, ZOMBIE])
+def test_a_client_server_that_died_at_start_is_asked_for_again(calls, message):
     seen, outcomes = calls
-    outcomes += [ConnectionAbortedError(DIED), None]
+    outcomes += [ConnectionAbortedError(message), None]
     ray_runtime._join("ray://head:10001", {})
     assert seen == ["init ray://head:10001", "shutdown", "init ray://head:10001"]
 
