@@ -20,10 +20,10 @@ from infra.settings import get_settings
 from infra.store import Store
 from infra.tracking import mlflow_client
 from tasks.features.locate import (
-    FeaturesInputError,
     choose_cells,
     find_sweep,
     previous_sweep,
+    require_label_api,
 )
 from tasks.features.params import FeaturesParams
 from tasks.features.steps import (
@@ -55,11 +55,8 @@ def features(params: FeaturesParams = FeaturesParams()) -> list[DomainFeatures]:
     settings = get_settings()
     store = Store.from_settings(settings)
     client = mlflow_client(settings)
-    if params.llm_labels and not settings.label_api_base:
-        raise FeaturesInputError(
-            "--llm-labels needs an OpenAI-compatible chat API: set SAE_LABEL_API_BASE "
-            "(and SAE_LABEL_MODEL; the key in SAE_LABEL_API_KEY or OPENAI_API_KEY)"
-        )
+    if params.llm_labels:
+        require_label_api(settings)
     out = []
     for domain in params.domains:
         info = find_sweep(client, domain, params.sweep)

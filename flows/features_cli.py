@@ -71,13 +71,10 @@ def features_text(r) -> str:
 def _check_inputs(params: FeaturesParams, settings) -> None:
     """What the flow would refuse, refused before any server starts."""
     from infra.tracking import mlflow_client
-    from tasks.features.locate import FeaturesInputError, choose_cells, find_sweep
+    from tasks.features.locate import choose_cells, find_sweep, require_label_api
 
-    if params.llm_labels and not settings.label_api_base:
-        raise FeaturesInputError(
-            "--llm-labels needs an OpenAI-compatible chat API: set SAE_LABEL_API_BASE "
-            "(and SAE_LABEL_MODEL; the key in SAE_LABEL_API_KEY or OPENAI_API_KEY)"
-        )
+    if params.llm_labels:
+        require_label_api(settings)
     client = mlflow_client(settings)
     for domain in params.domains:
         choose_cells(find_sweep(client, domain, params.sweep), params.cells)

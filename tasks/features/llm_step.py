@@ -21,7 +21,7 @@ from tasks.features.browser import render_browser
 from tasks.features.codes_store import read_codes
 from tasks.features.document import sig
 from tasks.features.llm_labels import ChatClient, LabelCache, LLMLabeler
-from tasks.features.locate import FeaturesInputError
+from tasks.features.locate import require_label_api
 from tasks.features.run import CODES_FILE, DOC_FILE, PAGE_FILE, CellJob, label_holdout, texts_of
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,7 @@ TOP, OTHERS, HELDOUT_FIRING, HELDOUT = 10, 10, 5, 10
 
 def llm_label_cell(job: CellJob, settings, n_features: int, seed: int = 0) -> dict:
     """Label the ``n_features`` densest live features; returns the ``llm_*`` summary."""
-    if not settings.label_api_base:
-        raise FeaturesInputError(
-            "--llm-labels needs an OpenAI-compatible chat API: set SAE_LABEL_API_BASE "
-            "(and SAE_LABEL_MODEL; the key in SAE_LABEL_API_KEY or OPENAI_API_KEY)"
-        )
+    require_label_api(settings)
     store = Store(job.store_root, job.storage_options)
     out = job.features_folder()
     doc = json.loads(store.read_bytes(f"{out}/{DOC_FILE}"))

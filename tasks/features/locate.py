@@ -15,6 +15,15 @@ class FeaturesInputError(ValueError):
     """Nothing to analyse: no such domain experiment, sweep or cell."""
 
 
+def require_label_api(settings) -> None:
+    """LLM labels need a chat API: refused, naming the settings, when none is set."""
+    if not settings.label_api_base:
+        raise FeaturesInputError(
+            "--llm-labels needs an OpenAI-compatible chat API: set SAE_LABEL_API_BASE "
+            "(and SAE_LABEL_MODEL; the key in SAE_LABEL_API_KEY or OPENAI_API_KEY)"
+        )
+
+
 @dataclass(frozen=True)
 class CellInfo:
     cell: str
