@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ import numpy as np
 import polars as pl
 
 from infra.store import Store
-from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, load_sae
 from sae.codes import encode_matrix
 from tasks.corpus.domains import get_domain
 from tasks.corpus.storage import read_papers
@@ -33,7 +31,7 @@ from tasks.features.cards import decoder_neighbours, latent_stats
 from tasks.features.codes_store import read_codes, write_codes
 from tasks.features.document import build_document
 from tasks.features.schema import COOCCURS
-from tasks.sweep.train import pull_cell
+from tasks.sweep.train import load_cell_model
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +81,7 @@ def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
         pass
     t0 = time.perf_counter()
     dom = get_domain(job.domain)
-    with tempfile.TemporaryDirectory(dir=_mkdir(scratch)) as tmp:
-        local = pull_cell(store, job.folder, Path(tmp), (CFG_FILE, WEIGHTS_FILE))
-        model = load_sae(local, device).eval()
+    model = load_cell_model(store, job.folder, device, scratch)
     codes_rel = f"{out}/{CODES_FILE}"
     if store.exists(codes_rel):
         ids, codes = read_codes(store, codes_rel, model.n_latents)
@@ -142,8 +138,3 @@ def texts_of(store: Store, dom, ids: list[str]) -> tuple[list[str], list[str]]:
     titles = table["title"].fill_null("").to_list()
     abstracts = table["abstract"].fill_null("").to_list()
     return titles, [f"{t}\n\n{a}" for t, a in zip(titles, abstracts, strict=True)]
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

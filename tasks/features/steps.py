@@ -16,13 +16,12 @@ from prefect import task
 from infra.retries import WORKER_RETRIES
 from infra.settings import get_settings
 from infra.store import Store
-from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, load_sae
 from tasks.embed.snapshot import snapshot_by_id
 from tasks.features import lineage
 from tasks.features.locate import CellInfo, SweepInfo
 from tasks.features.run import DOC_FILE, PAGE_FILE, CellJob, analyse_cell
 from tasks.sweep.track import model_name
-from tasks.sweep.train import pull_cell
+from tasks.sweep.train import load_cell_model
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +145,7 @@ def _log_metrics(client, run_id: str, metrics: dict[str, float]) -> None:
 
 
 def _decoder(store: Store, folder: str):
-    with tempfile.TemporaryDirectory() as tmp:
-        local = pull_cell(store, folder, Path(tmp), (CFG_FILE, WEIGHTS_FILE))
-        return load_sae(local).W_dec.detach()
+    return load_cell_model(store, folder).W_dec.detach()
 
 
 @task(name="feature-splitting")
