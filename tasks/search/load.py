@@ -1,0 +1,118 @@
+"""A :class:`SearchEngine` for a domain's sweep, built from what the sweep left: the cell's
+model, the papers of its data snapshot with their embeddings and titles, the embedder
+that made them (to embed the query the same way), and ``features.json`` when
+``sae features`` has run on the cell."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from infra.settings import Settings, get_settings
+from infra.store import Store
+from infra.tracking import mlflow_client
+from tasks.corpus.domains import UnknownDomainError, get_domain
+from tasks.embed.manifest import EmbeddingStoreError, Namespace
+from tasks.embed.snapshot import snapshot_by_id
+from tasks.features.locate import FeaturesInputError, find_sweep
+from tasks.features.run import DOC_FILE, texts_of
+from tasks.search.engine import SearchEngine, SearchInputError
+from tasks.sweep.track import CHAMPION
+from tasks.sweep.train import load_cell_model
+
+log = logging.getLogger(__name__)
+
+
+def open_engine(
+    domain: str,
+    model: str = CHAMPION,
+    sweep_id: str | None = None,
+    settings: Settings | None = None,
+) -> SearchEngine:
+    """``model``: ``champion`` or a cell name of the sweep (default: the newest finished)."""
+    t0 = time.perf_counter()
+    settings = settings or get_settings()
+    try:
+        dom = get_domain(domain)
+    except UnknownDomainError as exc:
+        raise SearchInputError(str(exc), 404) from None
+    try:
+        info = find_sweep(mlflow_client(settings), dom.name, sweep_id or None)
+        cell = info.champion if model == CHAMPION else info.cell(model)
+    except FeaturesInputError as exc:
+        raise SearchInputError(str(exc), 404) from None
+    if cell is None:
+        raise SearchInputError(f"sweep {info.sweep_id} of {dom.name} has no champion", 404)
+    store = Store.from_settings(settings)
+    snap = snapshot_by_id(store, dom, info.embedder, info.data_snapshot)
+    if snap is None:
+        raise SearchInputError(
+            f"{dom.name} has no embeddings for sweep {info.sweep_id} (snapshot "
+            f"{info.data_snapshot} of {info.embedder} is not in {store.uri('')}); run "
+            f"`sae embed {dom.name}` and a new sweep",
+            404,
+        )
+    ns = Namespace(store, info.embedder, dom)
+    try:
+        ids, x = ns.load(keys=store.read_parquet(snap.path))
+    except EmbeddingStoreError as exc:
+        raise SearchInputError(str(exc), 404) from None
+    titles, _ = texts_of(store, dom, ids)
+    folder = cell.folder(info.sweep_id)
+    try:
+        document = store.read_json(f"{folder}/features/{DOC_FILE}")
+    except FileNotFoundError:
+        document = None
+    spec = store.read_json(f"{ns.folder}/_embedder.json")["spec"]
+    engine = SearchEngine(
+        load_cell_model(store, folder),
+        ids,
+        titles,
+        torch.from_numpy(np.require(x, requirements="W")),
+        _embedder(spec),
+        document,
+        cell.cell,
+        dom.name,
+        info.sweep_id,
+    )
+    log.info(
+        "%s: search over %d papers with %s ready in %.1f s",
+        dom.name,
+        len(ids),
+        cell.cell,
+        time.perf_counter() - t0,
+    )
+    return engine
+
+
+def sweep_models(domain: str, settings: Settings | None = None) -> dict:
+    """What the page's menus offer for ``domain``: its newest finished sweep and cells."""
+    settings = settings or get_settings()
+    try:
+        info = find_sweep(mlflow_client(settings), get_domain(domain).name)
+    except (UnknownDomainError, FeaturesInputError) as exc:
+        raise SearchInputError(str(exc), 404) from None
+    champion = info.champion.cell if info.champion else None
+    cells = sorted((c for c in info.cells), key=lambda c: (c.k, c.n_latents, c.n_axis))
+    return {
+        "sweep": info.sweep_id,
+        "champion": champion,
+        "models": [CHAMPION] * (champion is not None) + [c.cell for c in cells],
+    }
+
+
+def _embedder(spec: str):
+    """The query side of ``spec``, built on first use (loading a model takes seconds)."""
+    made = []
+
+    def embed(texts: list[str]):
+        if not made:
+            from tasks.embed.embedders import make_embedder
+
+            made.append(make_embedder(spec, device="cpu"))
+        return made[0].embed(texts)
+
+    return embed
