@@ -27,6 +27,7 @@ from flows.cli_common import (
 from flows.cli_params import model_command
 from flows.features_cli import features_text
 from flows.features_cli import register as register_feature_commands
+from flows.search_cli import register as register_search_commands
 from flows.stack_cli import register as register_stack_commands
 from infra.code_version import code_version
 from infra.local_stack import StackError, check_mlflow, check_prefect, prefect_for_run
@@ -412,6 +413,7 @@ def _reembed_summary(s: dict) -> str:
 
 register_feature_commands(app)
 register_stack_commands(app)
+register_search_commands(app)
 
 if __name__ == "__main__":
     app()

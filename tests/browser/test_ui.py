@@ -9,6 +9,7 @@ the Prefect UI.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from infra.local_stack import stack_status
 from infra.settings import Settings
-from tests.browser.browser import browser, chromium, screenshot_dir, server_errors
+from tests.browser.browser import WAIT_MS, browser, chromium, screenshot_dir, server_errors
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -136,8 +137,6 @@ def test_prefect_ui_shows_the_sweep_run_without_sae_up(swept):
 
 
 def test_the_feature_page_works_inside_mlflows_artifact_viewer(swept):
-    import json
-
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(swept["mlflow"])
@@ -173,3 +172,111 @@ def test_the_feature_page_works_inside_mlflows_artifact_viewer(swept):
         viewer.locator("#card").get_by_text("Top papers").wait_for()
         ui.check("1-feature-page-in-mlflow")
     assert not server_errors(swept["home"] / "logs" / "mlflow.log", MLFLOW_HARMLESS)
+
+
+def test_the_search_page_follows_a_slider_and_says_what_is_wrong(swept):
+    """`sae serve` on the sweep: a query's results are the API's, raising one of its
+    features reorders them as the API says, and bad input shows the server's message."""
+    import httpx
+
+    from infra.local_stack import free_port
+
+    port = free_port()
+    log_path = swept["home"] / "logs" / "serve.log"
+    query = "graph neural networks for molecules"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [SAE, "serve", "--port", str(port)], env=_env(swept["home"]), stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for_server(server, f"{url}api/models", log_path)
+        models = httpx.get(f"{url}api/models", trust_env=False).json()["domains"]["cs.LG"]
+
+        def api(strengths: dict) -> list[str]:
+            body = {"query": query, "domain": "cs.LG", "sweep": models["sweep"]}
+            answer = httpx.post(  # the first loads the model and the embedder: slow
+                f"{url}api/search",
+                json={**body, "strengths": strengths},
+                trust_env=False,
+                timeout=WAIT_MS / 1000,
+            )
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        plain = api({})
+        # One of the query's own features that, raised to 20, changes the order.
+        raised, order = next(
+            (f["id"], ids)
+            for f in plain["features"]
+            if (ids := [h["id"] for h in api({f["id"]: 20})["hits"]])
+            != [h["id"] for h in plain["hits"]]
+        )
+        shown = "() => [...document.querySelectorAll('#results li')].map(li => li.dataset.id)"
+        with browser(screenshot_dir("search")) as ui:
+            ui.open(url)
+            ui.page.fill("#query", query)
+            ui.page.click("#go")
+            ui.page.locator("#results li").first.wait_for()
+            assert ui.page.evaluate(shown) == [h["id"] for h in plain["hits"]]
+            assert ui.page.locator("#features li").count() == len(plain["features"])
+            ui.check("1-query")
+
+            ui.page.locator(f'#features li[data-id="{raised}"] input').fill("20")
+            same = f"() => JSON.stringify(({shown})()) === JSON.stringify({json.dumps(order)})"
+            ui.wait_for(same)
+            assert "steered by 1 feature" in ui.page.inner_text("#status")
+            ui.check("2-raised")
+
+            # A card link opens the feature's card in the feature browser.
+            href = ui.page.locator(f'#features li[data-id="{raised}"] a.fid').get_attribute("href")
+            card = httpx.get(url + href.split("#")[0], trust_env=False, timeout=WAIT_MS / 1000)
+            assert card.status_code == 200 and "features-data" in card.text
+
+            # A feature the query lacks, added by id, comes in with its label.
+            own = {f["id"] for f in plain["features"]}
+            added = next(i for i in range(64) if i not in own)
+            label = next(f for f in api({added: 3})["features"] if f["id"] == added)["label"]
+            ui.page.fill("#add-id", str(added))
+            ui.page.click("#add")
+            row = ui.page.locator(f'#features li[data-id="{added}"] .label')
+            ui.wait_for(
+                f"() => document.querySelector('#features li[data-id=\"{added}\"] .label')"
+                f"?.textContent === {json.dumps(', '.join(label[:3]) or '(no label yet)')}"
+            )
+            assert row.count() == 1
+
+            ui.page.fill("#add-id", "9999")
+            ui.page.click("#add")
+            ui.expect("feature 9999 does not exist in")
+            assert ui.page.locator('#features li[data-id="9999"]').count() == 0
+            ui.page.fill("#query", "")
+            ui.page.click("#go")
+            ui.expect("the query is empty")
+            ui.page.screenshot(path=str(ui.shots / "3-bad-input.png"))
+            assert ui.page.locator("#results li").count() == 0
+            # The two refusals, and nothing else, answered 4xx.
+            assert [p.split(" ", 2)[:2] for p in ui.problems] == [["400", "POST"]] * 2
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    served = log_path.read_text()
+    assert "Traceback" not in served and query not in served, served[-3000:]
+    assert re.search(r'"POST /api/search HTTP/1.1" 400', served)
+
+
+def _wait_for_server(server: subprocess.Popen, url: str, log_path: Path) -> None:
+    """Until ``url`` answers; fails at once if the server exits (polling on its events, not
+    on a deadline: pytest's timeout is the ceiling)."""
+    import time
+
+    import httpx
+
+    while True:
+        assert server.poll() is None, log_path.read_text()[-3000:]
+        try:
+            if httpx.get(url, trust_env=False, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)

@@ -356,6 +356,8 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
     missing = runner.invoke(app, ["feature", "cs.LG", "999"])
     assert missing.exit_code == 2 and "out of range" in missing.output
 
+    _check_search(first, ids, x)
+
     # A rerun reuses what is stored.
     champion_folder = f"sae/{first.sweep_id}/{first.champion}/features"
     doc_path = f"{get_settings().store}/{champion_folder}/features.json"
@@ -405,3 +407,42 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
     assert counts["stable"] > 0  # most features survive 40 more papers
     parent2 = client.get_run(_cell_runs(client, second.sweep_id)[0].data.tags["mlflow.parentRunId"])
     assert parent2.data.metrics["lineage_stable"] == counts["stable"]
+
+
+def _check_search(swept, ids: list[str], x_ND) -> None:
+    """`sae search` on the champion: unedited, the dense search of the snapshot with the
+    query's MiniLM embedding; a raised feature is set; bad input exits 2 naming it."""
+    import json
+
+    from tasks.embed.embedders import make_embedder
+
+    query = "graph neural networks for molecules"
+    plain = runner.invoke(app, ["search", query, "--top", "8", "--json"])
+    assert plain.exit_code == 0, plain.output
+    got = json.loads(plain.output)
+    q = make_embedder("minilm", device="cpu").embed([query])[0]
+    scores = x_ND @ q
+    want = sorted(range(len(ids)), key=lambda i: -scores[i])[:8]
+    assert [h["id"] for h in got["hits"]] == [ids[i] for i in want]
+    assert got["cell"] == swept.champion and not got["edited"]
+    assert all(f["label"] for f in got["features"])  # labels from `sae features`
+
+    n_latents = int(swept.champion.split("_")[2])
+    absent = next(i for i in range(n_latents) if i not in {f["id"] for f in got["features"]})
+    raised = runner.invoke(app, ["search", query, "--boost", f"{absent}=20", "--json"])
+    assert raised.exit_code == 0, raised.output
+    feats = {f["id"]: f for f in json.loads(raised.output)["features"]}
+    assert feats[absent]["edited"] and feats[absent]["strength"] == 20
+
+    text = runner.invoke(app, ["search", query, "--top", "3", "--suppress", str(absent)])
+    assert text.exit_code == 0 and text.output.count("https://arxiv.org/abs/") == 3
+    for args, says in [
+        (["search", " "], "the query is empty"),
+        (["search", query, "--boost", "999=1"], "feature 999 does not exist"),
+        (["search", query, "--model", "csLG_8_99_32"], "has no cell 'csLG_8_99_32'"),
+        (["search", query, "--domain", "math.AG"], "math.AG"),
+    ]:
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 2 and says in refused.output, refused.output
+    usage = runner.invoke(app, ["search", query, "--boost", "lots"])
+    assert usage.exit_code == 2 and "ID=STRENGTH" in usage.output
