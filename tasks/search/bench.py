@@ -10,8 +10,9 @@ Three sections, printed as they finish:
 
 1. Each of ``--domains`` in the home's newest finished sweep (``--home``, default
    ``$SAE_HOME``; ``--domains ''`` skips the section): the wall time of ``open_engine``
-   split into its parts (sweep lookup, embeddings, titles, model, features.json, engine
-   init), the growth of the process's RSS, the corpus matrix's bytes; then ``--queries``
+   split into the parts the engine records (``build_seconds``: the sweep's lookup in
+   MLflow, the papers, features.json, the model, the engine), the growth of the process's
+   RSS, the corpus matrix's bytes; then ``--queries``
    distinct queries (a fixed list of research phrases, then titles of the corpus's papers
    spread through it). The first pays the embedder's load and is reported alone (cold);
    the p50/p95 of the rest are split into embed / encode / scan (matmul + top-k) / search
@@ -39,12 +40,11 @@ imports mlflow, the IVF index trains for half a minute).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -164,78 +164,6 @@ def tensor_mb(*tensors: torch.Tensor) -> float:
     return sum(t.element_size() * t.numel() for t in tensors) / 2**20
 
 
-@dataclass
-class Parts:
-    """Wall time of the outermost timed calls, by part; nested calls count in the outer."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    depth: int = 0
-
-    def wrap(self, part: str, fn: Callable) -> Callable:
-        def timed_call(*a, **k):
-            if self.depth:
-                return fn(*a, **k)
-            self.depth += 1
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t0
-                self.depth -= 1
-
-        return timed_call
-
-
-#: What ``open_engine`` calls, by the part of the build each is: (owner, attribute).
-def _build_parts() -> dict[str, list[tuple[object, str]]]:
-    from infra.store import Store
-    from tasks.embed.manifest import Namespace
-    from tasks.search import load
-
-    return {
-        "mlflow client (imports mlflow the first time)": [(load, "mlflow_client")],
-        "sweep lookup": [(load, "find_sweep")],
-        "embeddings": [
-            (load, "snapshot_by_id"),
-            (Store, "read_parquet"),
-            (Namespace, "load"),
-        ],
-        "titles": [(load, "texts_of")],
-        "model": [(load, "load_cell_model")],
-        "features.json + embedder spec": [(Store, "read_json")],
-        "engine init (feature units, labels)": [(load, "SearchEngine")],
-    }
-
-
-@contextlib.contextmanager
-def timing_parts(parts: Parts) -> Iterator[None]:
-    """Time ``open_engine``'s parts by wrapping what it calls (a name it no longer has
-    is left out)."""
-    with contextlib.ExitStack() as stack:
-        for part, targets in _build_parts().items():
-            for owner, name in targets:
-                fn = getattr(owner, name, None)
-                if fn is not None:
-                    stack.enter_context(_patched(owner, name, parts.wrap(part, fn)))
-        yield
-
-
-@contextlib.contextmanager
-def _patched(owner, name: str, value) -> Iterator[None]:
-    old = owner.__dict__.get(name, _MISSING)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        if old is _MISSING:  # inherited: uncover the base's again
-            delattr(owner, name)
-        else:
-            setattr(owner, name, old)
-
-
-_MISSING = object()
-
-
 def scan(corpus_ND: torch.Tensor, x_D: torch.Tensor):
     """The exact search alone: (scores, rows) of the top ``TOP``."""
     return torch.topk(corpus_ND @ x_D, TOP)
@@ -272,11 +200,9 @@ def bench_home(domains: list[str], n_queries: int, threads: int) -> list[float]:
     embeds: list[float] = []
     rng = np.random.default_rng(0)
     for domain in domains:
-        parts = Parts()
         rss0 = rss_mb()
         try:
-            with timing_parts(parts):
-                t_open, e = timed(open_engine, domain)
+            t_open, e = timed(open_engine, domain)
         except SearchInputError as exc:
             emit(["", f"## {domain}: skipped ({exc})"])
             continue
@@ -291,9 +217,8 @@ def bench_home(domains: list[str], n_queries: int, threads: int) -> list[float]:
             f"sweep {e.sweep_id}, features.json {'yes' if e.document is not None else 'no'}",
             row("index build: open_engine", f"{t_open:.2f} s"),
         ]
-        for part, s in parts.seconds.items():
+        for part, s in e.build_seconds.items():
             lines.append(row(f"  {part}", f"{s:.2f} s"))
-        lines.append(row("  other", f"{t_open - sum(parts.seconds.values()):.2f} s"))
         qs = queries_for(domain, e.titles, n_queries)
         t_cold, _ = timed(e.search, qs[0])
         embed_threads = torch.get_num_threads()

@@ -118,6 +118,7 @@ class SearchEngine:
         self.ids, self.titles, self.corpus_ND = ids, titles, corpus_ND.float().contiguous()
         self._embed, self.document = embed, document
         self._embedded: dict[str, torch.Tensor] = {}
+        self.build_seconds: dict[str, float] = {}  # set by whoever built it, by part
         self.cell, self.domain, self.sweep_id = cell, domain, sweep_id
         n = model.n_latents
         self.labels: list[list[str]] = [[] for _ in range(n)]

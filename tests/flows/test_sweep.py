@@ -356,7 +356,7 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
     missing = runner.invoke(app, ["feature", "cs.LG", "999"])
     assert missing.exit_code == 2 and "out of range" in missing.output
 
-    _check_search(first, ids, x)
+    _check_search(first, report.cells, ids, x)
 
     # A rerun reuses what is stored.
     champion_folder = f"sae/{first.sweep_id}/{first.champion}/features"
@@ -409,11 +409,13 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
     assert parent2.data.metrics["lineage_stable"] == counts["stable"]
 
 
-def _check_search(swept, ids: list[str], x_ND) -> None:
+def _check_search(swept, analysed, ids: list[str], x_ND) -> None:
     """`sae search` on the champion: unedited, the dense search of the snapshot with the
-    query's MiniLM embedding; a raised feature is set; bad input exits 2 naming it."""
+    query's MiniLM embedding; a raised feature is set; bad input exits 2 naming it. Then
+    the one cell not ``analysed`` by `sae features`: ids without labels."""
     import json
 
+    from flows.search_cli import search_text
     from tasks.embed.embedders import make_embedder
 
     query = "graph neural networks for molecules"
@@ -446,3 +448,14 @@ def _check_search(swept, ids: list[str], x_ND) -> None:
         assert refused.exit_code == 2 and says in refused.output, refused.output
     usage = runner.invoke(app, ["search", query, "--boost", "lots"])
     assert usage.exit_code == 2 and "ID=STRENGTH" in usage.output
+
+    # The cells of a sweep share its papers; a cell without features searches by ids.
+    from tasks.search.load import open_engine
+
+    champion = open_engine("cs.LG")
+    (unread,) = {"csLG_8_32_32", "csLG_8_64_32"} - set(analysed)
+    bare = open_engine("cs.LG", unread)
+    assert bare.corpus_ND is champion.corpus_ND and bare.document is None
+    result = bare.search(query, {3: 2.0})
+    assert [f.label for f in result.features] == [[]] * len(result.features)
+    assert "sae features cs.LG" in search_text(bare, result)
