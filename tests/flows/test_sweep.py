@@ -421,7 +421,7 @@ def _check_search(swept, analysed, ids: list[str], x_ND) -> None:
     query = "graph neural networks for molecules"
     plain = runner.invoke(app, ["search", query, "--top", "8", "--json"])
     assert plain.exit_code == 0, plain.output
-    got = json.loads(plain.output)
+    got = json.loads(plain.stdout)  # the logs went to stderr
     q = make_embedder("minilm", device="cpu").embed([query])[0]
     scores = x_ND @ q
     want = sorted(range(len(ids)), key=lambda i: -scores[i])[:8]
@@ -433,7 +433,7 @@ def _check_search(swept, analysed, ids: list[str], x_ND) -> None:
     absent = next(i for i in range(n_latents) if i not in {f["id"] for f in got["features"]})
     raised = runner.invoke(app, ["search", query, "--boost", f"{absent}=20", "--json"])
     assert raised.exit_code == 0, raised.output
-    feats = {f["id"]: f for f in json.loads(raised.output)["features"]}
+    feats = {f["id"]: f for f in json.loads(raised.stdout)["features"]}
     assert feats[absent]["edited"] and feats[absent]["strength"] == 20
 
     text = runner.invoke(app, ["search", query, "--top", "3", "--suppress", str(absent)])
