@@ -33,7 +33,7 @@ def _bad_input():
 
 def parse_boost(values: list[str]) -> dict[int, float]:
     """``ID=w`` pairs as {id: w}; a bare ``ID`` means the strength a page's "add" gives."""
-    from tasks.search.app import ADD_STRENGTH
+    from tasks.search.engine import ADD_STRENGTH
 
     out: dict[int, float] = {}
     for value in values:
@@ -56,7 +56,8 @@ def search(
         list[str] | None,
         typer.Option(
             metavar="ID=W",
-            help="Set feature ID to strength W (1: its typical activation). Repeatable.",
+            help="Set feature ID to strength W (1: its typical activation; a bare ID: 3). "
+            "Repeatable.",
         ),
     ] = None,
     suppress: Annotated[

@@ -25,14 +25,17 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from tasks.features.browser import render_browser
-from tasks.search.engine import MAX_TOP, SearchEngine, SearchInputError
+from tasks.search.engine import (
+    ADD_STRENGTH,
+    MAX_STRENGTH,
+    MAX_TOP,
+    SearchEngine,
+    SearchInputError,
+)
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
-#: Strength a feature gets when added from a family or by id: clearly present.
-ADD_STRENGTH = 3.0
-
 OpenEngine = Callable[[str, str, str | None], SearchEngine]
 
 
@@ -106,7 +109,12 @@ def create_app(
                 out[domain] = list_models(domain) if list_models else {"models": ["champion"]}
             except SearchInputError as exc:
                 out[domain] = {"models": [], "problem": str(exc)}
-        return {"domains": out, "add_strength": ADD_STRENGTH, "max_top": MAX_TOP}
+        return {
+            "domains": out,
+            "add_strength": ADD_STRENGTH,
+            "max_strength": MAX_STRENGTH,
+            "max_top": MAX_TOP,
+        }
 
     @app.post("/api/search")
     def search(req: SearchRequest) -> dict:

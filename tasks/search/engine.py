@@ -30,6 +30,8 @@ MAX_QUERY_CHARS = 4000
 #: Strengths above this are off the end of what the decoder was trained to produce.
 MAX_STRENGTH = 20.0
 MAX_TOP = 100
+#: Strength a feature gets when added without one (the page's "add", a bare --boost ID).
+ADD_STRENGTH = 3.0
 #: Families offered per query, and members offered per family.
 FAMILIES, FAMILY_MEMBERS = 6, 8
 #: Query embeddings kept per engine.
