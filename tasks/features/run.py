@@ -31,7 +31,7 @@ from tasks.features.cards import decoder_neighbours, latent_stats
 from tasks.features.codes_store import read_codes, write_codes
 from tasks.features.document import build_document
 from tasks.features.schema import COOCCURS
-from tasks.sweep.train import load_cell_model
+from tasks.sweep.load import load_cell_model
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from tasks.embed.snapshot import snapshot_by_id
 from tasks.features import lineage
 from tasks.features.locate import CellInfo, SweepInfo
 from tasks.features.run import DOC_FILE, PAGE_FILE, CellJob, analyse_cell
+from tasks.sweep.load import load_cell_model
 from tasks.sweep.track import model_name
-from tasks.sweep.train import load_cell_model
 
 log = logging.getLogger(__name__)
 

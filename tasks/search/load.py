@@ -21,8 +21,8 @@ from tasks.embed.snapshot import snapshot_by_id
 from tasks.features.locate import FeaturesInputError, find_sweep
 from tasks.features.run import DOC_FILE, texts_of
 from tasks.search.engine import SearchEngine, SearchInputError
+from tasks.sweep.load import load_cell_model
 from tasks.sweep.track import CHAMPION
-from tasks.sweep.train import load_cell_model
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 from infra.code_version import code_version
 from infra.store import Store
-from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, atomic_write_bytes, load_sae
+from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, atomic_write_bytes
 from sae.config import RunInfo, SAEConfig, TrainConfig, cell_name
 from sae.importance import latent_importance, pruned_nmse
 from sae.kernels import choose_backend
@@ -325,18 +324,6 @@ def pull_cell(store: Store, folder: str, local: Path, names: tuple[str, ...] = C
             continue
         atomic_write_bytes(local / name, data)
     return local
-
-
-def load_cell_model(
-    store: Store, folder: str, device: str | torch.device = "cpu", scratch: Path | None = None
-):
-    """The trained SAE of the cell in ``folder`` (its cfg and weights), in eval mode;
-    the files pass through a temporary folder under ``scratch`` (None: the system's)."""
-    if scratch is not None:
-        scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        local = pull_cell(store, folder, Path(tmp), (CFG_FILE, WEIGHTS_FILE))
-        return load_sae(local, device).eval()
 
 
 def _push(local: Path, store: Store, folder: str) -> None:
