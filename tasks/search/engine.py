@@ -216,7 +216,6 @@ class SearchEngine:
         if not isinstance(top, int) or not 1 <= top <= min(MAX_TOP, len(self.ids)):
             raise SearchInputError(f"top must be 1 to {min(MAX_TOP, len(self.ids))}, got {top!r}")
         x = self.embed(query) if x_D is None else x_D.float()
-        pre = self.model.pre_activations((x - self.model.b_pre.detach())[None])[0]
         z = self.code(x[None])[0]
         z_edit = z.clone()
         for fid, w in edits.items():
@@ -242,10 +241,10 @@ class SearchEngine:
         features = [
             Feature(i, self.labels[i], round(float(strength[i]), 3), i in edits) for i in order
         ]
-        families = self.families_of(strength, pre)
+        families = self.families_of(strength, x)
         return SearchResult(query, self.cell, features, hits, bool(edits), families)
 
-    def families_of(self, strength_N: torch.Tensor, pre_N: torch.Tensor) -> list[dict]:
+    def families_of(self, strength_N: torch.Tensor, x_D: torch.Tensor) -> list[dict]:
         """The families holding the query's features, those with its strongest first
         (at most :data:`FAMILIES`), each with the members it lacks that are nearest to
         firing for it (highest pre-activation; at most :data:`FAMILY_MEMBERS`): the
@@ -254,6 +253,9 @@ class SearchEngine:
         for m in (strength_N > 0).nonzero().squeeze(1).tolist():
             for fam in self._families_with.get(m, ()):
                 ranked[fam] = max(ranked.get(fam, 0.0), float(strength_N[m]))
+        if not ranked:  # no family to offer (or no features.json): no second encoder pass
+            return []
+        pre_N = self.model.pre_activations((x_D - self.model.b_pre.detach())[None])[0]
         out = []
         for fid in sorted(ranked, key=lambda f: -ranked[f])[:FAMILIES]:
             fam = self._families[fid]
