@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,9 +26,12 @@ _CELL_NAME = re.compile(
     r"^(?P<domain>.+)_(?P<k>\d+)_(?P<n>\d+)_(?P<batch>\d+)(?:_(?P<arch>[a-z][a-z_]*))?$"
 )
 
+# Each choice list is declared here only: the fields below, their checks, the sweep's
+# options, its Prefect form and its validation all read these aliases.
 Arch = Literal["topk", "batchtopk", "matryoshka"]
 Selection = Literal["topk", "batchtopk"]
-ARCHS: tuple[str, ...] = ("topk", "batchtopk", "matryoshka")
+LrSchedule = Literal["constant", "cosine"]
+ComputeDtype = Literal["float32", "bfloat16"]
 
 # A BatchTopK code is stored fixed-width, [B, w] values and indices padded with zeros, so
 # the sparse ops (Triton and torch) serve it unchanged: w = min(n, 4k). A sample that the
@@ -127,13 +131,8 @@ class SAEConfig:
         self._check_arch()
 
     def _check_arch(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"arch must be one of {list(ARCHS)}, got {self.arch!r}")
-        if self.matryoshka_selection not in ("topk", "batchtopk"):
-            raise ConfigError(
-                "matryoshka_selection must be 'topk' or 'batchtopk', "
-                f"got {self.matryoshka_selection!r}"
-            )
+        _one_of("arch", self.arch, Arch)
+        _one_of("matryoshka_selection", self.matryoshka_selection, Selection)
         if self.arch != "matryoshka":
             if self.prefixes is not None:
                 raise ConfigError(
@@ -239,14 +238,16 @@ class TrainConfig:
     warmup_steps: int = _knob(
         0, "Linear learning-rate warm-up from 0, in steps (the paper's code has none)."
     )
-    lr_schedule: Literal["constant", "cosine"] = _knob(
+    # RUF009 is a false alarm: _knob is a dataclasses.field, and the default a string (ruff
+    # tells an immutable default by a plain annotation, not through a Literal alias).
+    lr_schedule: LrSchedule = _knob(  # noqa: RUF009
         "constant", "After warm-up: constant (the paper), or cosine decay to 0 at the last step."
     )
     grad_clip: float = _knob(1.0, "Global gradient-norm clip per cell; 0 disables it.")
     adam_betas: tuple[float, float] = _knob((0.9, 0.999), "Adam's (beta1, beta2).")
     adam_eps: float = _knob(1e-8, "Adam's epsilon.")
     seed: int = _knob(0, "Seeds the data order and, with (k, n), each cell's initialisation.")
-    compute_dtype: Literal["float32", "bfloat16"] = _knob(
+    compute_dtype: ComputeDtype = _knob(  # noqa: RUF009
         "float32",
         "Dtype of the encoder matmul (bfloat16: tensor cores on a GPU); parameters, sums "
         "and the optimiser stay float32.",
@@ -285,14 +286,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ConfigError(
-                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
-            )
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(
-                f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}"
-            )
+        _one_of("lr_schedule", self.lr_schedule, LrSchedule)
+        _one_of("compute_dtype", self.compute_dtype, ComputeDtype)
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.grad_clip < 0:
@@ -350,6 +345,14 @@ def from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
         return cls(**data)
     except TypeError as exc:
         raise ConfigError(f"{what}: {exc}") from exc
+
+
+def _one_of(name: str, value: Any, choices: Any) -> None:
+    """``value`` is one of the ``Literal`` alias ``choices`` (the annotations are not checked
+    at run time, and cfg.json or a caller may hold anything)."""
+    allowed = typing.get_args(choices)
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
 def _positive(name: str, value: int) -> None:

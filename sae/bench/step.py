@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from typing import get_args
 
 import torch
 
 from sae.bench.timing import device_name, median_seconds
-from sae.config import SAEConfig
+from sae.config import ComputeDtype, SAEConfig
 from sae.kernels import forced_backend
 from sae.model import TopKSAE, fvu
 from sae.perf import keep_freed_memory
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dead", type=float, default=0.0, help="share of latents dead (AuxK on)")
-    p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--compute-dtype", default="float32", choices=get_args(ComputeDtype))
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     a = p.parse_args(argv)
     r = run(a.d, a.n, a.k, a.batch, a.steps, a.threads, a.device, a.dead, a.compute_dtype)

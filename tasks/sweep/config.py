@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -17,7 +17,15 @@ from pydantic import (
     model_validator,
 )
 
-from sae.config import ConfigError, SAEConfig, TrainConfig
+from sae.config import (
+    Arch,
+    ComputeDtype,
+    ConfigError,
+    LrSchedule,
+    SAEConfig,
+    Selection,
+    TrainConfig,
+)
 from tasks.corpus.domains import (
     DOMAIN_HELP,
     canonical_name,
@@ -36,12 +44,13 @@ class SweepFailedError(RuntimeError):
     """Some cells did not finish; the finished ones are recorded."""
 
 
-def _knob(name: str, **schema) -> Any:
+def _knob(name: str) -> Any:
     """A library setting as a sweep parameter: its default and help are those of
     :class:`sae.config.TrainConfig` or :class:`sae.config.SAEConfig`, the one place they
-    are written."""
+    are written, as are its choices (the ``Literal`` aliases) and bounds (checked by the
+    dataclass, not repeated here)."""
     f = _TRAIN_FIELDS.get(name) or _SAE_FIELDS[name]
-    return Field(default=f.default, description=f.metadata["help"], **schema)
+    return Field(default=f.default, description=f.metadata["help"])
 
 
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -54,7 +63,9 @@ class GridParams(BaseModel):
 
     Every setting of this model (and of its subclasses) is declared once, here: the
     ``sae`` options, the Prefect form, the MLflow params and cfg.json are derived from
-    it. Training values are checked by :class:`TrainConfig` itself.
+    it. The library's settings take their choices, defaults and help from :mod:`sae.config`,
+    and their values are checked by :class:`TrainConfig` (per field) and :class:`SAEConfig`
+    (per cell) themselves.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,15 +81,15 @@ class GridParams(BaseModel):
     epochs: int = _knob("epochs")
     lr: float = _knob("lr")
     warmup_steps: int = _knob("warmup_steps")
-    lr_schedule: Literal["constant", "cosine"] = _knob("lr_schedule")
+    lr_schedule: LrSchedule = _knob("lr_schedule")
     grad_clip: float = _knob("grad_clip")
-    compute_dtype: Literal["float32", "bfloat16"] = _knob("compute_dtype")
+    compute_dtype: ComputeDtype = _knob("compute_dtype")
     seed: int = _knob("seed")
     checkpoint_every_s: float = _knob("checkpoint_every_s")
-    dead_threshold_samples: int | None = _knob("dead_threshold_samples", gt=0)
-    arch: Literal["topk", "batchtopk", "matryoshka"] = _knob("arch")
+    dead_threshold_samples: int | None = _knob("dead_threshold_samples")
+    arch: Arch = _knob("arch")
     prefixes: list[int] | None = _knob("prefixes")
-    matryoshka_selection: Literal["topk", "batchtopk"] = _knob("matryoshka_selection")
+    matryoshka_selection: Selection = _knob("matryoshka_selection")
     threshold_decay: float = _knob("threshold_decay")
     n_axis_matryoshka: bool = Field(
         default=False,
