@@ -8,8 +8,10 @@ stay inside the commands that need them: on 2 busy cores ``tasks.sweep.*`` (torc
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,7 +37,13 @@ from infra.ray_runtime import RayUnavailableError, ensure_ray
 from infra.settings import get_settings
 from infra.store import Store, StoreError
 from infra.tracking import mlflow_client
-from tasks.corpus.domains import DOMAIN_HELP, UnknownDomainError, get_domain
+from tasks.corpus.domains import (
+    DOMAIN_HELP,
+    TaxonomyError,
+    UnknownDomainError,
+    get_domain,
+    load_taxonomy,
+)
 from tasks.corpus.ingest import harvest as run_harvest
 from tasks.corpus.ingest import ingest_source
 from tasks.corpus.readers import SourceError
@@ -43,6 +51,7 @@ from tasks.corpus.storage import WatermarkError
 from tasks.embed.embedders import EmbedderError
 from tasks.embed.manifest import EmbeddingStoreError
 from tasks.embed.run import EmbedFailedError, EmptyCorpusError, embed_domain
+from tasks.layout import open_store
 from tasks.reembed import LeaseError, LeaseLostError, ReembedIncompleteError, ReembedParams
 from tasks.sweep.config import MatrixParams, SweepParams
 
@@ -66,6 +75,9 @@ def _options(
     ] = False,
 ) -> None:
     set_debug(show_tracebacks)
+    # A taxonomy file that does not parse stops every command here, naming its line.
+    with exit_codes([(TaxonomyError, 2)]):
+        load_taxonomy()
 
 
 _PACKAGES = (
@@ -145,9 +157,55 @@ def train(params: MatrixParams) -> None:
     typer.echo(results_table([r.row() for r in refs], TRAIN_COLUMNS))
 
 
+def warn_cpu_embedding(settings, store: Store, domains: list[str], spec: str) -> None:
+    """All of arXiv without --limit, and nothing but this machine's CPU to embed it: say
+    what that costs, then go on (the user may mean it)."""
+    from tasks.census import cpu_embedding_warning
+    from tasks.embed.embedders import embedder_name
+
+    gpu = Path("/proc/driver/nvidia").exists()
+    for name in domains:
+        text = cpu_embedding_warning(
+            store,
+            get_domain(name),
+            embedder_name(spec),
+            cores=os.cpu_count() or 1,
+            gpu=gpu,
+            cluster=bool(settings.ray_address),
+        )
+        if text:
+            typer.echo(f"warning: {text}", err=True)
+
+
+@app.command()
+def domains(
+    embedder: Annotated[
+        str, typer.Option(help="Count vectors of this embedder; default SAE_EMBEDDER.")
+    ] = "",
+    held: Annotated[bool, typer.Option(help="Only the domains with papers in the store.")] = False,
+) -> None:
+    """The domains to pick from (arXiv's archives and categories, and all), each with its
+    papers and embedded papers in the store. Any two or more join with + (cs.LG+stat.ML)."""
+    from tasks.census import domain_census
+    from tasks.embed.embedders import embedder_name
+
+    settings = get_settings()
+    with exit_codes([((StoreError, EmbedderError), 2)]):
+        name = embedder_name(embedder or settings.embedder)
+        counts = domain_census(open_store(settings), name)
+    typer.echo(f"{'domain':<20} {'papers':>10} {'embedded':>10}  name   ({name})")
+    for c in counts:
+        if held and not c.papers:
+            continue
+        indent = "  " if c.domain.kind == "category" and "." in c.domain.name else ""
+        label = f"{indent}{c.domain.name}"
+        typer.echo(f"{label:<20} {c.papers:>10,} {c.embedded:>10,}  {c.domain.title}")
+
+
 def _store_and_domain(domain: str):
     settings = get_settings()
-    return settings, Store.from_settings(settings), get_domain(domain)
+    dom = get_domain(domain)  # an unknown name is refused before the store is touched
+    return settings, open_store(settings, writable=True), dom
 
 
 @app.command()
@@ -162,7 +220,10 @@ def ingest(
     ] = "",
     limit: Annotated[int, typer.Option(help="Read at most this many records (0: all).")] = 0,
 ) -> None:
-    """Validate arXiv metadata into the corpus of DOMAIN; rejected records go to quarantine.
+    """Validate arXiv metadata of DOMAIN into the corpus; rejected records go to quarantine.
+
+    The corpus holds each paper once, whatever its fields: a paper already there through
+    another domain counts as a duplicate. Papers of other fields are counted and skipped.
 
     Exits 0 when the input was read (even if records were rejected: see the quarantine),
     1 when the input itself was damaged (a truncated gzip, an API error feed; what could
@@ -243,6 +304,8 @@ def embed(
     try:
         with exit_codes([((*bad, EmbeddingStoreError, EmbedFailedError), 2)]):
             settings, store, dom = _store_and_domain(domain)
+            if not limit:
+                warn_cpu_embedding(settings, store, [dom.name], embedder or settings.embedder)
             report = embed_domain(
                 store,
                 dom,
@@ -297,9 +360,12 @@ def _run_sweep(params):
         # Fail at once on what is misconfigured, then on bad input, before any server starts.
         check_mlflow(settings)
         check_prefect(settings)
-        store = Store.from_settings(settings)
-        store.check_writable()
+        store = open_store(settings, writable=True)
         check_sweep_inputs(params, settings, store)
+        if params.limit is None and params.data_snapshot is None:
+            warn_cpu_embedding(
+                settings, store, params.domains, params.embedder or settings.embedder
+            )
         with prefect_for_run(settings, while_booting=lambda: _warm_up(settings, params)):
             from flows.sweep import sweep  # imported by _warm_up meanwhile
 
@@ -348,12 +414,14 @@ def runs(
 def reembed(params: ReembedParams) -> None:
     """Harvest DOMAIN's new arXiv papers, embed them, then move its watermark.
 
-    Harvests since the watermark without moving it, validates into the corpus (rejected
-    records to the quarantine), embeds only the papers without a vector (one Ray task per
-    shard) and moves the watermark once the vectors are stored. A crash leaves the
-    watermark as it was; run the command again to finish. Prints new / duplicate /
-    rejected / embedded counts; the same summary goes to the Prefect UI (an artifact)
-    and to MLflow (a run tagged run_kind=reembed in the domain's experiment).
+    Several domains (cs.LG,cs.CV,stat.ML) are one harvest of their union, with one
+    watermark: a paper listed in two is fetched and embedded once. Harvests since the
+    watermark without moving it, validates into the corpus (rejected records to the
+    quarantine), embeds only the papers without a vector (one Ray task per shard) and
+    moves the watermark once the vectors are stored. A crash leaves the watermark as it
+    was; run the command again to finish. Prints new / duplicate / rejected / embedded
+    counts; the same summary goes to the Prefect UI (an artifact) and to MLflow (a run
+    tagged run_kind=reembed in the domain's experiment).
 
     Exits 0 when done, 1 when some papers could not be embedded (rerun to finish),
     2 on bad input or an unreachable service, 3 when another re-embed of DOMAIN runs.

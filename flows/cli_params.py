@@ -72,7 +72,8 @@ def _parameter(name: str, field: FieldInfo, argument: str | None) -> inspect.Par
     if kind is list:
         cli_type: Any = str
         help = f"{help} Comma-separated."
-        default = ",".join(map(str, default)) if default is not None else None
+        if default is not None and default is not inspect.Parameter.empty:
+            default = ",".join(map(str, default))
     elif kind is datetime.date:
         cli_type = str
         help = f"{help} YYYY-MM-DD."

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from infra.prefect_names import artifact_key
 from infra.settings import get_settings
-from infra.store import Store
 from infra.tracking import mlflow_client
 from tasks.features.locate import (
     choose_cells,
@@ -35,6 +35,7 @@ from tasks.features.steps import (
     record_reports,
     splitting_report,
 )
+from tasks.layout import open_store
 
 
 @dataclass
@@ -53,7 +54,7 @@ def features(params: FeaturesParams = FeaturesParams()) -> list[DomainFeatures]:
     """Cards, labels, families and a browser page for chosen cells of a finished sweep."""
     logger = get_run_logger()
     settings = get_settings()
-    store = Store.from_settings(settings)
+    store = open_store(settings)
     client = mlflow_client(settings)
     if params.llm_labels:
         require_label_api(settings)
@@ -85,7 +86,7 @@ def features(params: FeaturesParams = FeaturesParams()) -> list[DomainFeatures]:
         record_reports(info, result.splitting, result.lineage)
         create_markdown_artifact(
             markdown=_markdown(result),
-            key=f"features-{info.sweep_id}".lower().replace("_", "-"),
+            key=artifact_key(f"features-{info.sweep_id}"),
             description=f"features of sweep {info.sweep_id}",
         )
         out.append(result)

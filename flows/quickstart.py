@@ -17,11 +17,12 @@ from pathlib import Path
 from flows.cli_common import setup_logging
 from infra.retries import ARXIV_QUICKSTART
 from infra.settings import get_settings
-from infra.store import Store, StoreError
+from infra.store import StoreError
 from tasks.corpus.domains import get_domain
 from tasks.corpus.harvest import HarvestConfig, HarvestError
 from tasks.corpus.ingest import harvest
 from tasks.corpus.storage import read_watermark
+from tasks.layout import open_store
 
 DOMAIN = "cs.LG"
 SAMPLE = "cs_lg.jsonl.gz"
@@ -70,7 +71,7 @@ def prepare(arxiv_data: Path) -> Path | None:
 
 def _harvest_unless_done(sample: Path) -> None:
     settings = get_settings()
-    store = Store.from_settings(settings)
+    store = open_store(settings)
     domain = get_domain(DOMAIN)
     # The watermark is written only once a harvest has finished: a rerun trains on the
     # same papers (and retrains nothing), and an interrupted harvest is done again.

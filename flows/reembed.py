@@ -24,10 +24,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
+from infra.prefect_names import artifact_key
 from infra.settings import get_settings
-from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.embed.embedders import embedder_name
+from tasks.layout import open_store
 from tasks.reembed import ReembedBusyError, ReembedParams, acquire_lease
 from tasks.reembed.steps import (
     embed_new,
@@ -45,7 +46,7 @@ def reembed(params: ReembedParams) -> dict | State:
     """Harvest one domain's new arXiv papers, embed them, then move its watermark."""
     logger = get_run_logger()
     settings = get_settings()
-    store = Store.from_settings(settings)
+    store = open_store(settings)
     dom = get_domain(params.domain)
     spec = params.embedder or settings.embedder
     name = embedder_name(spec)  # a bad SAE_EMBEDDER fails here, before the lease
@@ -56,7 +57,7 @@ def reembed(params: ReembedParams) -> dict | State:
         logger.warning("%s", exc)
         create_markdown_artifact(
             markdown=f"## Re-embed {dom.name}: skipped\n\n{exc}\n",
-            key=f"reembed-{dom.slug}".replace("_", "-"),
+            key=artifact_key(f"reembed-{dom.slug}"),
             description=f"re-embed of {dom.name} skipped: another run holds the lease",
         )
         return Cancelled(message=str(exc))

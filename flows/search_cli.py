@@ -14,7 +14,7 @@ import typer
 from flows.cli_common import SERVICE_ERRORS, exit_codes, fail
 from flows.cli_common import setup_logging as _setup_logging
 
-DOMAIN_HELP = "The domain to search: cs.LG or astro-ph."
+DOMAIN_HELP = "The domain to search: any that a sweep ran on (cs.LG, astro-ph, gr-qc, ...)."
 MODEL_HELP = "champion, or a cell name of the sweep (csLG_64_3072_256)."
 SWEEP_HELP = "The sweep id. Default: the domain's newest finished sweep."
 
@@ -120,7 +120,8 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
     domain: Annotated[
-        list[str] | None, typer.Option(help="Domains to serve (default: both). Repeatable.")
+        list[str] | None,
+        typer.Option(help="Domains to serve (default: every domain with sweeps). Repeatable."),
     ] = None,
 ) -> None:
     """Serve the steerable search page: a query box, the query's features with a slider
@@ -134,15 +135,15 @@ def serve(
     from infra.settings import get_settings
     from tasks.corpus.domains import canonical_names
     from tasks.search.app import create_app
-    from tasks.search.load import open_engine, sweep_models
+    from tasks.search.load import open_engine, sweep_models, swept_domains
 
+    settings = get_settings()
     try:
-        domains = canonical_names(domain or ["cs.LG", "astro-ph"])
+        domains = canonical_names(domain) if domain else swept_domains(settings)
     except ValueError as exc:
         raise fail(exc) from None
     if not _loopback(host):
         typer.echo(f"note: listening on {host}: anyone who can reach it can search", err=True)
-    settings = get_settings()
     app = create_app(
         lambda d, m, s: open_engine(d, m, s, settings),
         domains,

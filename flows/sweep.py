@@ -1,7 +1,8 @@
 """The ``sweep`` flow: corpus -> embeddings -> data snapshot -> packs on Ray -> MLflow.
 
-Per domain: make sure the corpus has papers (ingesting ``source`` if given), embed what
-is missing, freeze a data snapshot, split the k x n grid into packs, train each pack as
+For all the domains at once: ingest ``source`` if given and embed what is missing (the
+union of the domains, so a paper listed in several is embedded once). Per domain: check
+it has papers, freeze a data snapshot, split the k x n grid into packs, train each pack as
 one Ray task with its GPU share (the ``train-packs`` subflow, started only when some
 cell is unfinished, so a rerun of a finished sweep starts no Ray at all), then record a
 child run and a model version per cell, plots and a results table on the parent run,
@@ -27,12 +28,13 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from infra.code_version import code_version, git_commit
+from infra.prefect_names import artifact_key
 from infra.ray_runtime import ensure_ray, pack_resources
 from infra.settings import get_settings
-from infra.store import Store
 from infra.tracking import ensure_experiment, mlflow_client
-from tasks.corpus.domains import get_domain
+from tasks.corpus.domains import covering, get_domain
 from tasks.embed.embedders import embedder_name
+from tasks.layout import open_store
 from tasks.sweep.config import SweepFailedError, SweepParams, sweep_id
 from tasks.sweep.results import SWEEP_COLUMNS, results_table
 from tasks.sweep.steps import (
@@ -108,21 +110,23 @@ def sweep(params: SweepParams = SweepParams()) -> list[DomainResult]:  # noqa: B
     """Train the k x n grid of TopK SAEs per domain and record it in MLflow."""
     logger = get_run_logger()
     settings = get_settings()
-    store = Store.from_settings(settings)
-    store.check_writable()
+    store = open_store(settings, writable=True)
     client = mlflow_client(settings)
     version = code_version()
     spec = params.embedder or settings.embedder
     embedder = embedder_name(spec)
 
+    corpus = ensure_corpus(params.domains, params.source)
+    if params.data_snapshot is None:
+        # With --limit each domain gets its own N (the union's first N could miss one).
+        for group in [params.domains] if params.limit is None else [[d] for d in params.domains]:
+            ensure_embeddings(covering(group).name, spec, params.limit)
+
     results = []
     for domain in params.domains:
         dom = get_domain(domain)
         experiment_id = ensure_experiment(client, settings, domain, dom.slug, embedder)
-        corpus = ensure_corpus(domain, params.source)
-        logger.info("%s: %d papers in the corpus", domain, corpus["papers"])
-        if params.data_snapshot is None:
-            ensure_embeddings(domain, spec, params.limit)
+        logger.info("%s: %d papers in the corpus", domain, corpus[domain])
         snap = fix_data_snapshot(
             domain, embedder, params.limit, params.data_snapshot, params.batch_size
         )
@@ -216,7 +220,7 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
             log_summary(client, parent, table, rows, plots)
         create_markdown_artifact(
             markdown=f"## Sweep {sid} ({domain})\n\n{table}\n",
-            key=f"sweep-{sid}".lower().replace("_", "-"),  # keys: a-z, 0-9, -
+            key=artifact_key(f"sweep-{sid}"),
             description=f"results of sweep {sid}",
         )
     result.cells = rows

@@ -309,14 +309,19 @@ class RunInfo:
     code_version: str = "unknown"
 
 
+#: Names the released checkpoints gave their domains where dropping separators would not.
+_RELEASED_PREFIXES = {"astro-ph": "astroPH"}
+
+
 def cell_name(domain: str, k: int, n_latents: int, batch_size: int, suffix: str = "") -> str:
     """``{domain}_{k}_{n}_{batch}`` as the released checkpoints name them: an arXiv domain
-    is its archive then its subject in capitals (``cs.LG`` -> ``csLG_128_3072_256``,
-    ``astro-ph`` -> ``astroPH_16_3072_1024``); a name without ``.`` or ``-`` is kept.
-    ``suffix`` (:attr:`SAEConfig.name_suffix`, e.g. ``_matryoshka``) follows for the
-    archs other than TopK, so they never share a folder with the grid's TopK cell."""
-    archive, *subject = re.split(r"[.-]", domain)
-    return f"{archive}{''.join(subject).upper()}_{k}_{n_latents}_{batch_size}{suffix}"
+    without its ``.`` and ``-`` (``cs.LG`` -> ``csLG_128_3072_256``, ``gr-qc`` ->
+    ``grqc_16_3072_1024``, ``cs.LG+stat.ML`` -> ``csLG+statML_...``, ``all`` -> ``all_...``),
+    but ``astro-ph`` -> ``astroPH_16_3072_1024`` as released. ``suffix``
+    (:attr:`SAEConfig.name_suffix`, e.g. ``_matryoshka``) follows for the archs other than
+    TopK, so they never share a folder with the grid's TopK cell."""
+    prefix = _RELEASED_PREFIXES.get(domain) or re.sub(r"[.-]", "", domain)
+    return f"{prefix}_{k}_{n_latents}_{batch_size}{suffix}"
 
 
 def parse_cell_name(name: str) -> tuple[str, int, int, int]:

@@ -57,18 +57,18 @@ def export(home: str, out: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     from infra.settings import get_settings
-    from infra.store import Store
     from tasks.corpus.domains import get_domain
     from tasks.corpus.storage import read_papers
     from tasks.embed.embedders import paper_text
     from tasks.embed.local import bundled_minilm_path
-    from tasks.embed.snapshot import EVAL_EVERY, _id_hash
+    from tasks.embed.rows import EVAL_EVERY, id_hash
+    from tasks.layout import open_store
 
-    store = Store.from_settings(get_settings())
+    store = open_store(get_settings())
     out.mkdir(parents=True, exist_ok=True)
     for slug, name in DOMAINS.items():
         papers = read_papers(store, get_domain(name)).sort("id")
-        held_out = (_id_hash(papers["id"]) % EVAL_EVERY == 0).to_list()
+        held_out = (id_hash(papers["id"]) % EVAL_EVERY == 0).to_list()
         with gzip.open(out / f"{slug}.texts.jsonl.gz", "wt") as f:
             for row, is_eval in zip(papers.iter_rows(named=True), held_out, strict=True):
                 text = paper_text(row["title"], row["abstract"])

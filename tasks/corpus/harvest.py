@@ -429,19 +429,23 @@ def harvest_oai(
     """
     config = config or HarvestConfig()
     _check_arguments(since, until, limit)
-    first = {
-        "verb": "ListRecords",
-        "metadataPrefix": config.oai_format,
-        "set": domain.oai_set,
-        "from": since.isoformat(),
-        "until": until.isoformat(),
-    }
+    firsts = [
+        {
+            "verb": "ListRecords",
+            "metadataPrefix": config.oai_format,
+            **({"set": oai_set} if oai_set else {}),
+            "from": since.isoformat(),
+            "until": until.isoformat(),
+        }
+        # No set: the whole repository (all of arXiv).
+        for oai_set in domain.oai_sets or ("",)
+    ]
     window = (since, until)
-    return _oai_records(first, window, config, stats or HarvestStats(), client, limit, limiter)
+    return _oai_records(firsts, window, config, stats or HarvestStats(), client, limit, limiter)
 
 
 def _oai_records(
-    first: dict[str, str],
+    firsts: list[dict[str, str]],
     window: tuple[date, date],
     config: HarvestConfig,
     stats: HarvestStats,
@@ -449,33 +453,50 @@ def _oai_records(
     limit: int | None,
     limiter: RateLimiter | None,
 ) -> Iterator[RawRecord]:
-    log.info("OAI-PMH harvest: %s", first)
+    """One listing per set, in turn; a paper in two sets (a cross-list) is yielded once."""
     seen: set[str] = set()
-    params: dict[str, str] | None = first
-    page_no, yielded, restarts_left = 0, 0, 1
+    yielded = 0
     with _fetcher(config, client, stats, limiter) as fetcher:
-        while params is not None and not _reached(limit, yielded):
-            page, source = fetcher.get(config.oai_url, params, parse_oai)
-            if page.error_code == "badResumptionToken" and "resumptionToken" in params:
-                if restarts_left == 0:
-                    raise HarvestError(f"{source}: {page.error}, again after a restart")
-                restarts_left -= 1
-                stats.restarts += 1
-                log.warning("%s: %s; restarting the listing", source, page.error)
-                params, page_no = first, 0
-                continue
-            if page.error:
-                raise HarvestError(f"{source}: {page.error}")
-            page_no += 1
-            for record in page.records:
+        for first in firsts:
+            if _reached(limit, yielded):
+                break
+            for record in _oai_listing(fetcher, first, window, config, stats, seen):
+                yielded += 1
+                yield record
                 if _reached(limit, yielded):
                     break
-                if _keep_oai(record, window, stats, seen):
-                    yielded += 1
-                    stats.records += 1
-                    yield _located(record, page_no)
-            params = _next_oai_params(page, params, source)
     log.info("OAI-PMH harvest done: %s", _summary(stats))
+
+
+def _oai_listing(
+    fetcher: _Fetcher,
+    first: dict[str, str],
+    window: tuple[date, date],
+    config: HarvestConfig,
+    stats: HarvestStats,
+    seen: set[str],
+) -> Iterator[RawRecord]:
+    log.info("OAI-PMH harvest: %s", first)
+    params: dict[str, str] | None = first
+    page_no, restarts_left = 0, 1
+    while params is not None:
+        page, source = fetcher.get(config.oai_url, params, parse_oai)
+        if page.error_code == "badResumptionToken" and "resumptionToken" in params:
+            if restarts_left == 0:
+                raise HarvestError(f"{source}: {page.error}, again after a restart")
+            restarts_left -= 1
+            stats.restarts += 1
+            log.warning("%s: %s; restarting the listing", source, page.error)
+            params, page_no = first, 0
+            continue
+        if page.error:
+            raise HarvestError(f"{source}: {page.error}")
+        page_no += 1
+        for record in page.records:
+            if _keep_oai(record, window, stats, seen):
+                stats.records += 1
+                yield _located(record, page_no)
+        params = _next_oai_params(page, params, source)
 
 
 def _next_oai_params(page: OaiPage, params: dict[str, str], source: str) -> dict[str, str] | None:

@@ -57,11 +57,11 @@ def ingest_records(
 ) -> IngestReport:
     from tasks.corpus.validate import validate
 
-    result = validate(records, domain, known=known_versions(store, domain))
+    result = validate(records, domain, known=known_versions(store))
     # Papers first: if the run dies before the quarantine is written, a rerun finds the
     # papers as duplicates and writes the quarantine then; nothing is counted twice.
-    papers_uri = write_papers(store, domain, result.papers)
-    quarantine_uri = write_quarantine(store, domain, result.quarantine)
+    papers_uri = write_papers(store, result.papers)
+    quarantine_uri = write_quarantine(store, result.quarantine)
     # Readers report problems with the input as a whole (a cut stream, an error feed)
     # at these locations rather than at a record's.
     whole = result.quarantine.filter(result.quarantine["location"].is_in(["end of input", "feed"]))

@@ -1,11 +1,15 @@
-"""Corpus parts, the quarantine and the harvest watermark, laid out under the store root.
+"""The corpus, its quarantine and the harvest watermarks, laid out under the store root.
 
-    corpus/{slug}/part-*.parquet              validated papers (PAPER_SCHEMA)
-    corpus/{slug}/_quarantine/part-*.parquet  rejected records and why (QUARANTINE_SCHEMA)
-    watermarks/{slug}.json                    the newest paper already harvested
+    corpus/part-*.parquet              every validated paper once (PAPER_SCHEMA), whatever
+                                       the fields it is listed in
+    corpus/_quarantine/part-*.parquet  rejected records and why (QUARANTINE_SCHEMA)
+    watermarks/{slug}.json             per harvest query: the newest paper harvested
 
-Parts are only ever added. A paper that comes back in a newer version lands in a new
-part; readers keep the newest version of each id (then the latest part).
+A domain is a view over the one corpus: the papers whose newest version carries one of
+its categories. Parts are only ever added. A paper that comes back in a newer version
+lands in a new part; readers keep the newest version of each id (then the latest part),
+so a paper whose categories change moves from one view to another and is never in two
+copies.
 """
 
 from __future__ import annotations
@@ -21,13 +25,9 @@ from infra.store import Store
 from tasks.corpus.domains import Domain
 from tasks.corpus.records import PAPER_SCHEMA, QUARANTINE_SCHEMA
 
-
-def corpus_dir(domain: Domain) -> str:
-    return f"corpus/{domain.slug}"
-
-
-def quarantine_dir(domain: Domain) -> str:
-    return f"corpus/{domain.slug}/_quarantine"
+CORPUS_DIR = "corpus"
+_KEYS = ("id", "version", "categories")
+QUARANTINE_DIR = "corpus/_quarantine"
 
 
 def _part_name(df: pl.DataFrame, key_column: str) -> str:
@@ -46,46 +46,89 @@ def _write_part(store: Store, folder: str, df: pl.DataFrame, schema: dict, key: 
     return store.write_parquet(f"{folder}/{_part_name(df, key)}", df)
 
 
-def write_papers(store: Store, domain: Domain, papers: pl.DataFrame) -> str | None:
+def write_papers(store: Store, papers: pl.DataFrame) -> str | None:
     """Adds one part; returns its URI, or None when there is nothing to write."""
-    return _write_part(store, corpus_dir(domain), papers, PAPER_SCHEMA, "id")
+    return _write_part(store, CORPUS_DIR, papers, PAPER_SCHEMA, "id")
 
 
-def write_quarantine(store: Store, domain: Domain, rejected: pl.DataFrame) -> str | None:
-    return _write_part(store, quarantine_dir(domain), rejected, QUARANTINE_SCHEMA, "raw")
+def write_quarantine(store: Store, rejected: pl.DataFrame) -> str | None:
+    return _write_part(store, QUARANTINE_DIR, rejected, QUARANTINE_SCHEMA, "raw")
 
 
-def _read_parts(store: Store, folder: str, schema: dict) -> pl.DataFrame:
-    parts = store.list(folder)
-    if not parts:
-        return pl.DataFrame(schema=schema)
+def newest_versions(store: Store) -> pl.DataFrame:
+    """[id, version, categories, _part]: the newest copy of every paper, sorted by id.
+
+    Reads three narrow columns of each part, so deciding which copy counts costs a small
+    share of the corpus's bytes in memory, never its texts.
+    """
     frames = [
-        store.read_parquet(p).with_columns(pl.lit(i, pl.Int32).alias("_part"))
-        for i, p in enumerate(parts)
+        store.read_parquet(p, columns=list(_KEYS)).with_columns(pl.lit(i, pl.Int32).alias("_part"))
+        for i, p in enumerate(store.list(CORPUS_DIR))
     ]
-    return pl.concat(frames, how="vertical_relaxed")
-
-
-def read_papers(store: Store, domain: Domain) -> pl.DataFrame:
-    """Every paper of the domain once: its newest version, sorted by id."""
-    df = _read_parts(store, corpus_dir(domain), PAPER_SCHEMA)
-    if "_part" not in df.columns:
-        return df
+    if not frames:
+        return pl.DataFrame(
+            schema={
+                **{c: PAPER_SCHEMA[c] for c in ("id", "version", "categories")},
+                "_part": pl.Int32,
+            }
+        )
     return (
-        df.sort(["id", "version", "_part"])
+        pl.concat(frames, how="vertical_relaxed")
+        .sort(["id", "version", "_part"])
         .unique(subset="id", keep="last", maintain_order=True)
-        .drop("_part")
     )
 
 
-def known_versions(store: Store, domain: Domain) -> dict[str, int]:
-    df = read_papers(store, domain)
+def in_domain(keys: pl.DataFrame, domain: Domain) -> pl.DataFrame:
+    """The rows of ``keys`` (with a ``categories`` column) whose paper belongs to ``domain``."""
+    if domain.kind == "all":
+        return keys
+    mask = [domain.contains(cats) for cats in keys["categories"].to_list()]
+    return keys.filter(pl.Series(mask, dtype=pl.Boolean))
+
+
+def read_papers(store: Store, domain: Domain, columns: list[str] | None = None) -> pl.DataFrame:
+    """Every paper of ``domain`` once: its newest version, sorted by id.
+
+    ``columns`` (default: all of PAPER_SCHEMA) are read only for the domain's rows, one
+    part at a time.
+    """
+    return _read_newest(store, in_domain(newest_versions(store), domain), columns)
+
+
+def papers_by_id(store: Store, ids: list[str], columns: list[str] | None = None) -> pl.DataFrame:
+    """The newest version of each of ``ids`` found in the corpus, whatever its domain now
+    (a snapshot's paper whose categories changed since still has its text), sorted by id."""
+    wanted = newest_versions(store).join(pl.DataFrame({"id": ids}), on="id", how="semi")
+    return _read_newest(store, wanted, columns)
+
+
+def _read_newest(store: Store, wanted: pl.DataFrame, columns: list[str] | None) -> pl.DataFrame:
+    """``columns`` of the ``wanted`` [id, _part] rows, read one part at a time."""
+    columns = columns or list(PAPER_SCHEMA)
+    parts = store.list(CORPUS_DIR)
+    frames = []
+    for (i,), keep in wanted.select("id", "_part").group_by("_part"):
+        df = store.read_parquet(parts[i], columns=list(dict.fromkeys(["id", "version", *columns])))
+        # A part may hold two versions of one id; the newest was chosen above.
+        newest = df.sort("version").unique("id", keep="last")
+        frames.append(newest.join(keep.select("id"), on="id", how="semi"))
+    if not frames:
+        return pl.DataFrame(schema={c: PAPER_SCHEMA[c] for c in columns})
+    return pl.concat(frames, how="vertical_relaxed").select(columns).sort("id")
+
+
+def known_versions(store: Store) -> dict[str, int]:
+    """Every paper's newest version, whatever its domain: what a new record is compared to."""
+    df = newest_versions(store)
     return dict(zip(df["id"].to_list(), df["version"].to_list(), strict=True))
 
 
-def read_quarantine(store: Store, domain: Domain) -> pl.DataFrame:
-    df = _read_parts(store, quarantine_dir(domain), QUARANTINE_SCHEMA)
-    return df.drop("_part") if "_part" in df.columns else df
+def read_quarantine(store: Store) -> pl.DataFrame:
+    frames = [store.read_parquet(p) for p in store.list(QUARANTINE_DIR)]
+    if not frames:
+        return pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    return pl.concat(frames, how="vertical_relaxed")
 
 
 class WatermarkError(ValueError):
@@ -102,6 +145,7 @@ class Watermark:
 
 
 def watermark_path(domain: Domain) -> str:
+    """One watermark per harvest query: a domain, or the union harvested in one run."""
     return f"watermarks/{domain.slug}.json"
 
 

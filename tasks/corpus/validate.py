@@ -201,7 +201,12 @@ def _check_version(fields: Mapping[str, Any]) -> int:
 def _check_categories(value: Any, domain: Domain) -> list[str]:
     if value is None:
         # The Hugging Face sets have no categories: everything in them is the domain's.
-        return [domain.name]
+        if domain.default_categories is None:
+            raise _RejectedError(
+                f"no categories, and {domain.name} is not one category or archive to file "
+                "the paper under (ingest it under its own field)"
+            )
+        return list(domain.default_categories)
     if isinstance(value, str):
         tokens = value.split()
     elif isinstance(value, list) and all(isinstance(t, str) for t in value):

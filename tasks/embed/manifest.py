@@ -1,25 +1,32 @@
 """Which papers are embedded, by which embedder, in which part: the embeddings' layout.
 
-    embeddings/{embedder}/{slug}/part-{shard}.parquet   id, text_sha, vector (FixedSizeList f32)
-    embeddings/{embedder}/{slug}/_manifest.parquet      id, text_sha, part, run_id, embedded_at
-    embeddings/{embedder}/{slug}/_embedder.json         name, spec, dim
+    embeddings/{embedder}/part-{shard}.parquet         id, text_sha, vector (FixedSizeList f32)
+    embeddings/{embedder}/_manifest/part-*.parquet     id, text_sha, part, run_id, embedded_at
+    embeddings/{embedder}/_embedder.json               name, spec, dim
+    embeddings/{embedder}/_snapshots/{slug}/*.parquet  a domain's data snapshots
 
-A paper counts as embedded when the manifest holds its id with the hash of the exact
-text that was embedded, so a revised abstract is embedded again and nothing else is.
-The manifest is written after the part it names, so it never points at a missing file;
-a part the manifest does not name yet (a crash in between) is adopted on the next run.
+One namespace per embedder, whatever the domains: a paper listed in three fields is
+embedded once. A paper counts as embedded when the manifest holds its id with the hash
+of the exact text that was embedded, so a revised abstract is embedded again and nothing
+else is. The manifest is a set of parts, each written after the part it names, so it
+never points at a missing file and two runs (a sweep of one field, a re-embed of
+another) add to it without overwriting each other; a vector part the manifest does not
+name yet (a crash in between) is adopted on the next run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
 
 from infra.store import Store
-from tasks.corpus.domains import Domain
+
+log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(),
@@ -28,6 +35,10 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),
     "embedded_at": pl.Datetime("us", "UTC"),
 }
+
+#: Manifest parts beyond this many are merged into one when a run starts: a listing of
+#: the manifest stays a few requests, however many shards were ever embedded.
+COMPACT_AT = 64
 
 
 class EmbeddingStoreError(ValueError):
@@ -38,35 +49,75 @@ def text_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _manifest_part_name(rows: pl.DataFrame) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    digest = hashlib.sha256(
+        "\n".join(
+            f"{i}:{s}:{p}" for i, s, p in rows.select("id", "text_sha", "part").iter_rows()
+        ).encode()
+    ).hexdigest()[:12]
+    return f"part-{stamp}-{digest}.parquet"
+
+
 @dataclass(frozen=True)
 class Namespace:
-    """The folder of one embedder's vectors for one domain."""
+    """The folder of one embedder's vectors, for every paper of every domain."""
 
     store: Store
     embedder: str
-    domain: Domain
 
     @property
     def folder(self) -> str:
-        return f"embeddings/{self.embedder}/{self.domain.slug}"
+        return f"embeddings/{self.embedder}"
 
     @property
-    def manifest_path(self) -> str:
-        return f"{self.folder}/_manifest.parquet"
+    def manifest_dir(self) -> str:
+        return f"{self.folder}/_manifest"
 
     def part_path(self, name: str) -> str:
         return f"{self.folder}/{name}"
 
-    def read_manifest(self) -> pl.DataFrame:
-        try:
-            return self.store.read_parquet(self.manifest_path).cast(MANIFEST_SCHEMA)
-        except FileNotFoundError:
-            return pl.DataFrame(schema=MANIFEST_SCHEMA)
+    def snapshot_dir(self, slug: str) -> str:
+        return f"{self.folder}/_snapshots/{slug}"
 
-    def write_manifest(self, manifest: pl.DataFrame) -> None:
-        self.store.write_parquet(
-            self.manifest_path, manifest.select(list(MANIFEST_SCHEMA)).sort("id", "embedded_at")
-        )
+    def read_manifest(self) -> pl.DataFrame:
+        # A compaction may delete a part between the listing and the read: list again.
+        for attempt in range(3):
+            try:
+                frames = [
+                    self.store.read_parquet(p).cast(MANIFEST_SCHEMA)
+                    for p in self.store.list(self.manifest_dir)
+                ]
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        if not frames:
+            return pl.DataFrame(schema=MANIFEST_SCHEMA)
+        return pl.concat(frames).select(list(MANIFEST_SCHEMA))
+
+    def append_manifest(self, rows: pl.DataFrame) -> str | None:
+        """Adds ``rows`` as one manifest part (after the vector parts they name exist)."""
+        if rows.is_empty():
+            return None
+        rows = rows.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA).sort("id")
+        return self.store.write_parquet(f"{self.manifest_dir}/{_manifest_part_name(rows)}", rows)
+
+    def compact_manifest(self, at: int = COMPACT_AT) -> None:
+        """Merges the manifest's parts into one once there are more than ``at``.
+
+        The merged part is written before the old ones go, so a reader in between sees
+        some rows twice (harmless: rows are facts, readers take each id's newest) and
+        never misses one; a part another run adds meanwhile is not among those deleted.
+        """
+        parts = self.store.list(self.manifest_dir)
+        if len(parts) <= at:
+            return
+        merged = pl.concat([self.store.read_parquet(p).cast(MANIFEST_SCHEMA) for p in parts])
+        self.append_manifest(merged.unique(maintain_order=True))
+        for p in parts:
+            self.store.delete(p)
+        log.info("merged %d manifest parts of %s", len(parts), self.store.uri(self.folder))
 
     def check_embedder(self, spec: str, dim: int) -> None:
         """Refuses to mix vectors of two dimensions under one name; records the first."""
@@ -120,13 +171,13 @@ class Namespace:
             missing = sorted(set(ids) - set(latest["id"].to_list()))
             raise EmbeddingStoreError(
                 f"{len(missing)} id(s) have no embedding in {self.store.uri(self.folder)}, "
-                f"e.g. {missing[:3]}; run `sae embed {self.domain.name}` first"
+                f"e.g. {missing[:3]}; run `sae embed DOMAIN` for a domain that holds them"
             )
         frames = []
-        for part, keys in latest.group_by("part"):
+        for part, wanted in latest.group_by("part"):
             df = self.store.read_parquet(self.part_path(str(part[0])))
-            frames.append(df.join(keys.select("id", "text_sha"), on=["id", "text_sha"]))
+            frames.append(df.join(wanted.select("id", "text_sha"), on=["id", "text_sha"]))
         if not frames:
             return [], np.zeros((0, 0), np.float32)
-        table = pl.concat(frames).sort("id")
+        table = pl.concat(frames).unique("id", keep="first").sort("id")
         return table["id"].to_list(), table["vector"].to_numpy().astype(np.float32, copy=False)

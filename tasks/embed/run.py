@@ -1,9 +1,11 @@
 """Embed the papers of a domain that are not embedded yet: one Ray task per shard.
 
-The driver plans shards and is the only writer of the manifest; each task embeds its
-shard and writes one part atomically, then returns its name. The manifest gains the
-shard's ids only after the part is durably written, so a crash loses at most the
-shards in flight, and their parts (if written) are adopted by the next run.
+A paper is embedded once per embedder, whatever domain asked for it: a sweep of cs.CV
+after one of cs.LG embeds only the cs.CV papers that have no vector yet. The driver plans
+shards and writes the manifest; each task embeds its shard and writes one part
+atomically, then returns its name. The manifest gains the shard's ids only after the
+part is durably written, so a crash loses at most the shards in flight, and their parts
+(if written) are adopted by the next run.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import polars as pl
 
 from infra.retries import WORKER_RETRIES
 from infra.store import Store
-from tasks.corpus.domains import Domain, get_domain
-from tasks.corpus.storage import corpus_dir, read_papers
+from tasks.corpus.domains import Domain
+from tasks.corpus.storage import CORPUS_DIR, read_papers
 from tasks.embed.manifest import MANIFEST_SCHEMA, Namespace, text_sha
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,6 @@ _EMBEDDERS: dict[tuple[str, str, str], object] = {}
 def embed_shard(
     store_root: str,
     storage_options: dict,
-    domain_name: str,
     namespace: str,
     spec: str,
     device: str,
@@ -158,7 +159,7 @@ def embed_shard(
     start = time.perf_counter()
     vectors = embedder.embed(shard.texts)
     seconds = time.perf_counter() - start
-    ns = Namespace(Store(store_root, storage_options), namespace, get_domain(domain_name))
+    ns = Namespace(Store(store_root, storage_options), namespace)
     ns.write_part(shard.name, shard.ids, shard.shas, vectors)
     return {
         "part": shard.name,
@@ -210,16 +211,17 @@ def embed_domain(
     spec = spec or settings.embedder
     run_id = run_id or f"embed-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     name = embedder_name(spec)
-    ns = Namespace(store, name, domain)
+    ns = Namespace(store, name)
     t0 = time.perf_counter()
 
-    papers = read_papers(store, domain)
+    papers = read_papers(store, domain, columns=["id", "title", "abstract"])
     if papers.is_empty():
         raise EmptyCorpusError(
-            f"no papers under {store.uri(corpus_dir(domain))}; run `sae ingest {domain.name} "
-            "SOURCE` or `sae harvest` first"
+            f"no papers of {domain.name} under {store.uri(CORPUS_DIR)}; run `sae ingest "
+            f"{domain.name} SOURCE` or `sae harvest {domain.name}` first"
         )
     texts = paper_texts(papers)
+    ns.compact_manifest()
     manifest = ns.read_manifest()
     already = texts.height - pending_papers(texts, manifest).height
     adopted = adopt_orphans(ns, manifest, run_id).join(
@@ -227,8 +229,8 @@ def embed_domain(
     )
     if adopted.height:
         log.info("adopting %d embeddings from parts a previous run did not record", adopted.height)
+        ns.append_manifest(adopted)
         manifest = pl.concat([manifest, adopted])
-        ns.write_manifest(manifest)
     pending = pending_papers(texts, manifest)
     total_pending = pending.height
     if limit is not None:
@@ -260,7 +262,6 @@ def embed_domain(
             task.remote(
                 store.root,
                 store.storage_options,
-                domain.name,
                 name,
                 spec,
                 device,
@@ -281,10 +282,7 @@ def embed_domain(
                 failures.append(f"{shard.name} ({len(shard.ids)} papers): {_root_cause(exc)}")
                 continue
             ns.check_embedder(spec, result["dim"])
-            manifest = pl.concat(
-                [manifest, _manifest_rows(shard.ids, shard.shas, shard.name, run_id)]
-            )
-            ns.write_manifest(manifest)
+            ns.append_manifest(_manifest_rows(shard.ids, shard.shas, shard.name, run_id))
             embedded += result["n"]
             log.info(
                 "%s: %d papers in %.1f s (%s)",

@@ -1,11 +1,10 @@
 """A fixed set of embedded papers that a sweep trains on, and its train/eval split.
 
-A snapshot is written once (the ids and text hashes it holds) and named by their hash,
-so a sweep reads the same rows however many papers a re-embed adds meanwhile, and two
-sweeps over the same data share a snapshot id (and so their cached results).
-
-The split is a function of the id alone (5% of ids hash into eval), so a paper never
-moves from eval to train as the corpus grows.
+A snapshot is a domain's view at a moment: its ids and text hashes, over the embedder's
+shared vectors (``embeddings/{embedder}/_snapshots/{slug}/{id}.parquet``). It is written
+once and named by its content's hash, so a sweep reads the same rows however many papers
+a re-embed adds meanwhile, and two sweeps over the same data share a snapshot id (and so
+their cached results). Which rows train and their order: :mod:`tasks.embed.rows`.
 """
 
 from __future__ import annotations
@@ -18,13 +17,9 @@ import polars as pl
 
 from infra.store import Store
 from tasks.corpus.domains import Domain
+from tasks.corpus.storage import read_papers
 from tasks.embed.manifest import EmbeddingStoreError, Namespace
-
-EVAL_EVERY = 20  # one id in 20 (5%) is held out
-
-
-def _id_hash(ids: pl.Series) -> pl.Series:
-    return pl.Series([int(hashlib.sha256(i.encode()).hexdigest()[:12], 16) for i in ids])
+from tasks.embed.rows import snapshot_rows, split_matrix
 
 
 @dataclass(frozen=True)
@@ -38,25 +33,32 @@ class Snapshot:
     uri: str
 
 
+def embedded_in(store: Store, domain: Domain, embedder: str) -> pl.DataFrame:
+    """[id, text_sha]: the newest vector of each of the domain's embedded papers."""
+    latest = (
+        Namespace(store, embedder).read_manifest().sort("embedded_at").unique("id", keep="last")
+    )
+    ids = read_papers(store, domain, columns=["id"])
+    return latest.join(ids, on="id", how="semi").select("id", "text_sha")
+
+
 def fix_snapshot(
     store: Store, domain: Domain, embedder: str, *, limit: int | None = None
 ) -> Snapshot:
-    """Freezes what is embedded now (``limit``: a hash-random subset of that size)."""
-    ns = Namespace(store, embedder, domain)
-    latest = ns.read_manifest().sort("embedded_at").unique("id", keep="last")
+    """Freezes what of ``domain`` is embedded now (``limit``: a hash-random subset)."""
+    ns = Namespace(store, embedder)
+    latest = embedded_in(store, domain, embedder)
     if latest.is_empty():
         raise EmbeddingStoreError(
-            f"nothing embedded in {store.uri(ns.folder)}; run `sae embed {domain.name}` first"
+            f"none of {domain.name}'s papers is embedded in {store.uri(ns.folder)}; "
+            f"run `sae embed {domain.name}` first"
         )
-    rows = latest.select("id", "text_sha").with_columns(_id_hash(latest["id"]).alias("h"))
-    if limit is not None:
-        rows = rows.sort("h").head(limit)
-    rows = rows.with_columns((pl.col("h") % EVAL_EVERY == 0).alias("eval")).drop("h").sort("id")
+    rows = snapshot_rows(latest, limit)
     digest = hashlib.sha256(
         "\n".join(f"{i}:{s}" for i, s in zip(rows["id"], rows["text_sha"], strict=True)).encode()
     ).hexdigest()[:12]
     snap_id = f"{domain.slug}-{digest}"
-    rel = f"{ns.folder}/_snapshots/{snap_id}.parquet"
+    rel = f"{ns.snapshot_dir(domain.slug)}/{snap_id}.parquet"
     if not store.exists(rel):
         store.write_parquet(rel, rows)
     n_eval = int(rows["eval"].sum())
@@ -67,7 +69,7 @@ def fix_snapshot(
 
 def snapshot_by_id(store: Store, domain: Domain, embedder: str, snap_id: str) -> Snapshot | None:
     """An existing snapshot, to train on exactly the papers an earlier sweep used."""
-    rel = f"{Namespace(store, embedder, domain).folder}/_snapshots/{snap_id}.parquet"
+    rel = f"{Namespace(store, embedder).snapshot_dir(domain.slug)}/{snap_id}.parquet"
     try:
         rows = store.read_parquet(rel, columns=["eval"])
     except FileNotFoundError:
@@ -78,13 +80,8 @@ def snapshot_by_id(store: Store, domain: Domain, embedder: str, snap_id: str) ->
     )
 
 
-def load_snapshot(
-    store: Store, domain: Domain, snapshot: Snapshot
-) -> tuple[np.ndarray, np.ndarray]:
+def load_snapshot(store: Store, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:
     """(train [N, d], eval [M, d]) float32, rows in id order."""
-    ns = Namespace(store, snapshot.embedder, domain)
     rows = store.read_parquet(snapshot.path)
-    ids, x = ns.load(keys=rows)
-    is_eval = dict(zip(rows["id"], rows["eval"], strict=True))
-    mask = np.array([is_eval[i] for i in ids], dtype=bool)
-    return x[~mask], x[mask]
+    ids, x = Namespace(store, snapshot.embedder).load(keys=rows)
+    return split_matrix(rows, ids, x)

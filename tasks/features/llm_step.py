@@ -16,7 +16,6 @@ import logging
 import numpy as np
 
 from infra.store import Store
-from tasks.corpus.domains import get_domain
 from tasks.features.browser import render_browser
 from tasks.features.codes_store import read_codes
 from tasks.features.document import sig
@@ -36,7 +35,7 @@ def llm_label_cell(job: CellJob, settings, n_features: int, seed: int = 0) -> di
     out = job.features_folder()
     doc = json.loads(store.read_bytes(f"{out}/{DOC_FILE}"))
     ids, codes = read_codes(store, f"{out}/{CODES_FILE}", doc["n_latents"])
-    _, texts = texts_of(store, get_domain(job.domain), ids)
+    _, texts = texts_of(store, ids)
     heldout = label_holdout(ids)
     offsets, rows, vals = codes.by_latent()
     density = np.array([f["density"] or 0.0 for f in doc["features"]])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from infra.settings import get_settings
-from infra.store import Store
 from infra.tracking import mlflow_client
 from sae.config import parse_cell_name
 from tasks.corpus.domains import UnknownDomainError, get_domain
 from tasks.features.locate import FeaturesInputError, find_sweep
 from tasks.features.run import DOC_FILE
+from tasks.layout import open_store
 
 
 def load_document(cell_or_domain: str, sweep_id: str | None = None) -> dict:
@@ -30,7 +30,7 @@ def load_document(cell_or_domain: str, sweep_id: str | None = None) -> dict:
     if chosen is None:
         raise FeaturesInputError(f"sweep {info.sweep_id} of {domain} has no champion")
     rel = f"{chosen.folder(info.sweep_id)}/features/{DOC_FILE}"
-    store = Store.from_settings(settings)
+    store = open_store(settings)
     try:
         return json.loads(store.read_bytes(rel))
     except FileNotFoundError:

@@ -21,8 +21,7 @@ import polars as pl
 
 from infra.store import Store
 from sae.codes import encode_matrix
-from tasks.corpus.domains import get_domain
-from tasks.corpus.storage import read_papers
+from tasks.corpus.storage import papers_by_id
 from tasks.embed.manifest import Namespace
 from tasks.features import families as fam_mod
 from tasks.features import labels as label_mod
@@ -80,20 +79,19 @@ def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
     except FileNotFoundError:
         pass
     t0 = time.perf_counter()
-    dom = get_domain(job.domain)
     model = load_cell_model(store, job.folder, device, scratch)
     codes_rel = f"{out}/{CODES_FILE}"
     if store.exists(codes_rel):
         ids, codes = read_codes(store, codes_rel, model.n_latents)
     else:
         rows = store.read_parquet(job.snapshot_path)
-        ids, x = Namespace(store, job.embedder, dom).load(keys=rows)
+        ids, x = Namespace(store, job.embedder).load(keys=rows)
         codes = encode_matrix(model, x, device=device)
         del x
         write_codes(store, codes_rel, ids, codes)
     t_codes = time.perf_counter()
 
-    titles, texts = texts_of(store, dom, ids)
+    titles, texts = texts_of(store, ids)
     stats = latent_stats(codes)
     terms = label_mod.TermMatrix.build(texts)
     labels = label_mod.label_features(
@@ -130,10 +128,10 @@ def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
     return {"summary": json.loads(payload)["summary"], "reused": False}
 
 
-def texts_of(store: Store, dom, ids: list[str]) -> tuple[list[str], list[str]]:
+def texts_of(store: Store, ids: list[str]) -> tuple[list[str], list[str]]:
     """Titles and "title\\n\\nabstract" of ``ids``, in their order ("" for a paper gone
     from the corpus since: its code stays, its label evidence is empty)."""
-    papers = read_papers(store, dom).select("id", "title", "abstract").unique("id", keep="last")
+    papers = papers_by_id(store, ids, columns=["id", "title", "abstract"])
     table = pl.DataFrame({"id": ids}).join(papers, on="id", how="left", maintain_order="left")
     titles = table["title"].fill_null("").to_list()
     abstracts = table["abstract"].fill_null("").to_list()

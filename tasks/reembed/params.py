@@ -7,18 +7,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.corpus.domains import DOMAIN_HELP, DOMAINS, UnknownDomainError, get_domain
-
-DomainName = Literal[tuple(DOMAINS)]  # type: ignore[valid-type]
+from tasks.corpus.domains import DOMAIN_HELP, canonical_names, covering
 
 
 class ReembedParams(BaseModel):
-    """Harvest one domain's new arXiv papers, embed them, then move its watermark."""
+    """Harvest new arXiv papers of one or more domains, embed them, then move the
+    watermark. Several domains are one harvest query (their union): a paper listed in
+    two of them is fetched, validated and embedded once."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    domain: DomainName = Field(  # type: ignore[valid-type]
-        description=DOMAIN_HELP, json_schema_extra={"argument": "DOMAIN"}
+    domains: list[str] = Field(
+        min_length=1,
+        description=DOMAIN_HELP + " Several: one harvest of their union.",
+        json_schema_extra={"argument": "DOMAIN"},
     )
     since: date | None = Field(
         default=None,
@@ -47,15 +49,24 @@ class ReembedParams(BaseModel):
         json_schema_extra={"flags": ["--wait"]},
     )
 
-    @field_validator("domain", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _canonical_domain(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            try:
-                return get_domain(v).name  # accepts the slug (cs_lg) and any case
-            except UnknownDomainError as exc:
-                raise ValueError(str(exc)) from None
-        return v
+    def _one_domain_as_before(cls, data: Any) -> Any:
+        # Deployments made before domains became a list pass {"domain": "cs.LG"}.
+        if isinstance(data, dict) and "domain" in data and "domains" not in data:
+            data = {**data, "domains": [data["domain"]]}
+            del data["domain"]
+        return data
+
+    @field_validator("domains")
+    @classmethod
+    def _canonical_domains(cls, v: list[str]) -> list[str]:
+        return canonical_names(v)
+
+    @property
+    def domain(self) -> str:
+        """The harvest query's domain: the one domain, or the union of several."""
+        return covering(self.domains).name
 
     @field_validator("embedder")
     @classmethod

@@ -33,6 +33,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE as NO_CACHE
 
+from infra.prefect_names import artifact_key
 from infra.settings import get_settings
 from infra.store import Store
 from infra.tracking import ensure_experiment, mlflow_client
@@ -43,13 +44,14 @@ from tasks.corpus.storage import WatermarkError, read_papers, read_watermark, wr
 from tasks.embed.embedders import embedder_name
 from tasks.embed.manifest import Namespace
 from tasks.embed.run import EmptyCorpusError, embed_domain, paper_texts, pending_papers
+from tasks.layout import open_store
 from tasks.reembed.lease import ReembedIncompleteError, check_owner
 
 log = logging.getLogger(__name__)
 
 
 def _store() -> Store:
-    return Store.from_settings(get_settings())
+    return open_store(get_settings())
 
 
 @task(name="harvest-new", cache_policy=NO_CACHE)
@@ -152,7 +154,7 @@ def move_watermark(domain: str, since: date, until: date, embedder: str, lease_o
     papers = read_papers(store, dom).filter(pl.col("published").is_between(since, until))
     if papers.is_empty():
         return {"watermark": _current_mark(store, dom), "moved": False}
-    missing = pending_papers(paper_texts(papers), Namespace(store, name, dom).read_manifest())
+    missing = pending_papers(paper_texts(papers), Namespace(store, name).read_manifest())
     if missing.height:
         raise ReembedIncompleteError(
             f"{missing.height} paper(s) of {domain} in {since}..{until} have no {name} vector "
@@ -217,7 +219,7 @@ def record_summary(summary: dict, flow_run_id: str | None = None) -> dict:
     settings = get_settings()
     create_markdown_artifact(
         markdown=summary_markdown(summary),
-        key=f"reembed-{dom.slug}".replace("_", "-"),
+        key=artifact_key(f"reembed-{dom.slug}"),
         description=f"re-embed of {dom.name}: new / duplicate / rejected / embedded",
     )
     client = mlflow_client(settings)

@@ -20,6 +20,7 @@ from tasks.embed.manifest import EmbeddingStoreError, Namespace
 from tasks.embed.snapshot import snapshot_by_id
 from tasks.features.locate import FeaturesInputError, find_sweep
 from tasks.features.run import DOC_FILE, texts_of
+from tasks.layout import open_store
 from tasks.search.engine import SearchEngine, SearchInputError
 from tasks.sweep.load import load_cell_model
 from tasks.sweep.track import CHAMPION
@@ -49,7 +50,7 @@ def open_engine(
     if cell is None:
         raise SearchInputError(f"sweep {info.sweep_id} of {dom.name} has no champion", 404)
     clock.lap("sweep lookup (MLflow)")
-    store = Store.from_settings(settings)
+    store = open_store(settings)
     ids, titles, x, spec = _corpus(store, dom, info)
     clock.lap("papers: embeddings and titles")
     folder = cell.folder(info.sweep_id)
@@ -73,6 +74,19 @@ def open_engine(
         sum(clock.laps.values()),
     )
     return engine
+
+
+def swept_domains(settings: Settings) -> list[str]:
+    """The domains with an experiment in MLflow (``arxiv-sae/{domain}``), for the page's
+    menu; cs.LG when there is none yet."""
+    client = mlflow_client(settings)
+    found = []
+    for experiment in client.search_experiments(filter_string="name LIKE 'arxiv-sae/%'"):
+        try:
+            found.append(get_domain(experiment.name.removeprefix("arxiv-sae/")).name)
+        except UnknownDomainError:
+            continue  # a name from another taxonomy, or made by hand
+    return sorted(set(found)) or ["cs.LG"]
 
 
 def sweep_models(domain: str, settings: Settings | None = None) -> dict:
@@ -121,12 +135,12 @@ def _corpus(store: Store, dom, info) -> tuple[list[str], list[str], torch.Tensor
         )
     with _lock:
         if snap.uri not in _CORPORA:
-            ns = Namespace(store, info.embedder, dom)
+            ns = Namespace(store, info.embedder)
             try:
                 ids, x = ns.load(keys=store.read_parquet(snap.path))
             except EmbeddingStoreError as exc:
                 raise SearchInputError(str(exc), 404) from None
-            titles, _ = texts_of(store, dom, ids)
+            titles, _ = texts_of(store, ids)
             spec = store.read_json(f"{ns.folder}/_embedder.json")["spec"]
             if len(_CORPORA) >= _CORPORA_KEPT:
                 _CORPORA.pop(next(iter(_CORPORA)))

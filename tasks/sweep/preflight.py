@@ -13,7 +13,7 @@ from sae.config import ConfigError
 from sae.errors import DataError
 from tasks.corpus.domains import Domain, UnknownDomainError, get_domain
 from tasks.corpus.readers import SourceError, check_source
-from tasks.corpus.storage import corpus_dir
+from tasks.corpus.storage import CORPUS_DIR, read_papers
 from tasks.embed.embedders import EmbedderError, embedder_name
 from tasks.embed.run import EmptyCorpusError
 from tasks.embed.snapshot import snapshot_by_id
@@ -34,7 +34,7 @@ def check_sweep_inputs(params: SweepParams, settings: Settings, store: Store) ->
     embedder = embedder_name(params.embedder or settings.embedder)
     for name in params.domains:
         dom = get_domain(name)
-        if not params.source and not store.list(corpus_dir(dom)):
+        if not params.source and read_papers(store, dom, columns=["id"]).is_empty():
             raise no_papers(store, dom)
         pinned = params.data_snapshot
         if pinned and snapshot_by_id(store, dom, embedder, pinned) is None:
@@ -43,7 +43,7 @@ def check_sweep_inputs(params: SweepParams, settings: Settings, store: Store) ->
 
 def no_papers(store: Store, domain: Domain) -> SweepInputError:
     return SweepInputError(
-        f"no papers for {domain.name} under {store.uri(corpus_dir(domain))}: pass a source "
+        f"no papers of {domain.name} under {store.uri(CORPUS_DIR)}: pass a source "
         f"(`sae sweep {domain.name} --source FILE`) or run `sae ingest {domain.name} FILE` first"
     )
 

@@ -18,11 +18,12 @@ from prefect import task
 from infra.settings import get_settings
 from infra.store import Store
 from infra.tracking import mlflow_client
-from tasks.corpus.domains import get_domain
+from tasks.corpus.domains import covering, get_domain
 from tasks.corpus.ingest import ingest_source
 from tasks.corpus.storage import read_papers
 from tasks.embed.run import embed_domain
 from tasks.embed.snapshot import Snapshot, fix_snapshot, snapshot_by_id
+from tasks.layout import open_store
 from tasks.sweep.config import SweepInputError
 from tasks.sweep.plots import (
     density_histograms,
@@ -49,22 +50,24 @@ log = logging.getLogger(__name__)
 
 
 def _store() -> Store:
-    return Store.from_settings(get_settings())
+    return open_store(get_settings())
 
 
 @task(name="ensure-corpus")
-def ensure_corpus(domain: str, source: str | None) -> dict:
-    """Ingest ``source`` (when given) and check the domain has papers."""
-    store, dom = _store(), get_domain(domain)
-    counts: dict = {}
+def ensure_corpus(domains: list[str], source: str | None) -> dict[str, int]:
+    """Ingest ``source`` once for all ``domains`` (when given) and check each has papers;
+    returns each domain's paper count."""
+    store = _store()
     if source:
-        report = ingest_source(store, dom, source)
+        report = ingest_source(store, covering(domains), source)
         log.info("%s", report.summary())
-        counts = dict(report.counts)
-    papers = read_papers(store, dom).height
-    if papers == 0:
-        raise no_papers(store, dom)
-    return {"papers": papers, **{f"ingest_{k}": v for k, v in counts.items()}}
+    counts = {}
+    for name in domains:
+        dom = get_domain(name)
+        counts[name] = read_papers(store, dom, columns=["id"]).height
+        if counts[name] == 0:
+            raise no_papers(store, dom)
+    return counts
 
 
 @task(name="ensure-embeddings")

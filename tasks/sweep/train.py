@@ -29,7 +29,6 @@ from sae.metrics import prefix_metrics
 from sae.planner import plan_packs
 from sae.retrieval import retrieval_fidelity
 from sae.trainer import METRICS_FILE, STATE_FILE, LogFn, PackTrainer
-from tasks.corpus.domains import get_domain
 from tasks.embed.snapshot import Snapshot, load_snapshot
 from tasks.sweep.config import GridParams, MatrixParams, sweep_id
 from tasks.sweep.matrix import MatrixFile, matrix_file
@@ -299,7 +298,7 @@ def _load(spec: PackSpec, store: Store) -> tuple[torch.Tensor, torch.Tensor | No
     """(train, eval) rows; a matrix file has no eval split (the trainer holds one out)."""
     if isinstance(spec.data, MatrixFile):
         return spec.data.load(), None
-    x_train, x_eval = load_snapshot(store, get_domain(spec.run.domain), spec.data)
+    x_train, x_eval = load_snapshot(store, spec.data)
     return torch.from_numpy(x_train), torch.from_numpy(x_eval)
 
 

@@ -142,7 +142,7 @@ def test_deployments_apply_with_schedules_pools_limits_and_typed_parameters(depl
         crons = {}
         for domain, dep in reembeds.items():
             assert dep.work_pool_name == "cpu"
-            assert dep.parameters == {"params": {"domain": domain}}
+            assert dep.parameters == {"params": {"domains": [domain]}}
             assert dep.global_concurrency_limit is not None
             assert dep.global_concurrency_limit.limit == 1
             assert dep.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
@@ -153,7 +153,7 @@ def test_deployments_apply_with_schedules_pools_limits_and_typed_parameters(depl
             directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
             assert Path(directory).resolve() == REPO
             fields = dep.parameter_openapi_schema["definitions"]["ReembedParams"]["properties"]
-            assert set(fields["domain"]["enum"]) == {"cs.LG", "astro-ph"}
+            assert fields["domains"]["type"] == "array"
             assert {"since", "until", "source", "embedder", "limit"} <= set(fields)
         assert crons == {"cs.LG": "0 6 * * *", "astro-ph": "20 6 * * *"}
         names = {d.name for d in client.read_deployments(deployment_filter=DeploymentFilter())}
@@ -212,7 +212,7 @@ def test_the_reembed_deployment_runs_once_through_a_worker(deployed):
         )
         for i in range(3)
     ]
-    params = {"params": {"domain": "cs.LG", "until": "2026-01-10", "embedder": "openai:stub"}}
+    params = {"params": {"domains": ["cs.LG"], "until": "2026-01-10", "embedder": "openai:stub"}}
     with ArxivServer(api_entries=papers) as arxiv, StubEmbeddingsServer(dim=8) as stub:
         env = _env(
             api_url,
@@ -271,7 +271,7 @@ def test_the_reembed_deployment_runs_once_through_a_worker(deployed):
     assert done[0].parameters == params
 
     store = Store(str(home / "sae_home" / "store"))
-    manifest = Namespace(store, "openai-stub", CS).read_manifest()
+    manifest = Namespace(store, "openai-stub").read_manifest()
     assert sorted(manifest["id"].to_list()) == [p.id for p in papers]
     assert read_watermark(store, CS).newest == date(2026, 1, 8)
 

@@ -136,7 +136,18 @@ def test_the_reembed_options_are_its_parameter_model():
 
     params = {p.name: p for p in typer.main.get_command(app).commands["reembed"].params}
     assert set(params) == set(ReembedParams.model_fields)
-    assert params["domain"].required and "--wait" in params["wait_s"].opts
+    assert params["domains"].required and "--wait" in params["wait_s"].opts
+
+
+def test_reembed_takes_several_domains_as_one_harvest_and_old_deployments_still_parse():
+    from tasks.reembed import ReembedParams
+
+    several = ReembedParams(domains=["stat.ML", "cs_lg", "cs.LG+cs.CV"])
+    assert several.domains == ["stat.ML", "cs.LG", "cs.CV+cs.LG"]
+    assert several.domain == "cs.CV+cs.LG+stat.ML"
+    assert ReembedParams(domains=["all", "gr-qc"]).domain == "all"
+    # A deployment made before domains became a list.
+    assert ReembedParams(domain="astro_ph").domains == ["astro-ph"]
 
 
 def test_train_names_an_unreadable_matrix_file(tmp_path, monkeypatch):

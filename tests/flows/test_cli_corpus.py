@@ -23,7 +23,7 @@ def sample_lines(arxiv_data, n):
 
 def corpus():
     store = Store.from_settings(get_settings())
-    return read_papers(store, get_domain("cs.LG")), read_quarantine(store, get_domain("cs.LG"))
+    return read_papers(store, get_domain("cs.LG")), read_quarantine(store)
 
 
 def test_ingest_sample_then_rerun_is_all_duplicates(arxiv_data):
@@ -97,7 +97,7 @@ def test_ingest_into_s3(s3_store_root, arxiv_data):
         app, ["ingest", "cs.LG", str(arxiv_data / "cs_lg.jsonl.gz"), "--limit", "40"]
     )
     assert result.exit_code == 0, result.output
-    assert "s3://sae-test/store/corpus/cs_lg/part-" in result.output
+    assert "s3://sae-test/store/corpus/part-" in result.output
     papers, _ = corpus()
     assert papers.height == 40
     assert papers.schema["categories"] == pl.List(pl.String)

@@ -17,11 +17,12 @@ CS = get_domain("cs.LG")
 ABSTRACT = "We study sparse autoencoders trained on dense text embeddings of abstracts. " * 3
 
 
-def paper(i: int, day: int) -> Paper:
+def paper(i: int, day: int, categories: tuple[str, ...] = ("cs.LG",)) -> Paper:
     return Paper(
         f"2601.{i:05d}",
         title=f"Paper number {i}",
         abstract=ABSTRACT,
+        categories=categories,
         submitted=datetime(2026, 1, day, 9, 0, tzinfo=UTC),
     )
 
@@ -90,3 +91,44 @@ def test_since_after_until_is_refused(server):
     assert result.exit_code == 2
     assert "after" in result.output
     assert server.requests == []
+
+
+FIELDS = {
+    1: ("gr-qc",),
+    2: ("astro-ph.CO", "gr-qc"),  # a cross-list
+    3: ("hep-th",),
+    4: ("cs.LG", "stat.ML"),
+    5: ("stat.ML",),
+    6: ("cs.CV",),
+}
+
+
+def test_a_category_is_harvested_by_its_own_query_and_only_its_papers_arrive(server):
+    server.api_entries = [paper(i, 6, cats) for i, cats in FIELDS.items()]
+    args = ["harvest", "gr_qc", "--since", "2026-01-06", "--until", "2026-01-06"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (request,) = server.requests
+    assert request.query["search_query"].startswith("cat:gr-qc AND submittedDate:")
+    everything = read_papers(store(), get_domain("all"))["id"].to_list()
+    assert everything == ["2601.00001", "2601.00002"]
+    assert read_watermark(store(), get_domain("gr-qc")).newest == date(2026, 1, 6)
+    assert store().exists("watermarks/gr_qc.json")
+
+
+def test_oai_asks_each_set_of_a_union_once_and_stores_a_paper_in_two_once(server):
+    """cs.LG+stat.ML over OAI-PMH: one listing per set; the stand-in serves every paper to
+    both (as arXiv would serve 2601.00004 to both), and it is stored once, under one
+    watermark for the union's query."""
+    records = [oai_raw_record(paper(i, 6, cats)) for i, cats in FIELDS.items()]
+    server.oai_pages = [records]
+    args = ["harvest", "stat.ML+cs.LG", "--since", "2026-01-06", "--until", "2026-01-06"]
+    result = runner.invoke(app, [*args, "--source", "oai"])
+    assert result.exit_code == 0, result.output
+    sets = [r.query.get("set") for r in server.requests]
+    assert sets == ["cs:cs:LG", "stat:stat:ML"]
+    assert "2 accepted" in result.output and "4 in other domains" in result.output
+    union = get_domain("cs.LG+stat.ML")
+    assert read_papers(store(), union)["id"].to_list() == ["2601.00004", "2601.00005"]
+    assert len(store().list("corpus")) == 1
+    assert read_watermark(store(), union).newest == date(2026, 1, 6)

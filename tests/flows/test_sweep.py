@@ -116,7 +116,7 @@ def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
 
     # The sweep's cell equals the same cell trained directly on the snapshot's rows.
     snap = snapshot_by_id(sweep_store, CS, parents_embedder(parent), snap_id)
-    x_train, x_eval = load_snapshot(sweep_store, CS, snap)
+    x_train, x_eval = load_snapshot(sweep_store, snap)
     ref = PackTrainer(
         [SAEConfig(d_in=x_train.shape[1], n_latents=64, k=8)],
         TrainConfig(batch_size=32, lr=1e-3, epochs=3, log_every_steps=10),
@@ -230,7 +230,7 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
     from tasks.embed.snapshot import snapshot_by_id
 
     snap = snapshot_by_id(sweep_store, CS, "minilm-l6-v2", result.data_snapshot)
-    x_train, x_eval = load_snapshot(sweep_store, CS, snap)
+    x_train, x_eval = load_snapshot(sweep_store, snap)
     ref = PackTrainer(
         [SAEConfig(d_in=x_train.shape[1], n_latents=1024, k=8)],
         TrainConfig(batch_size=32, lr=1e-3, epochs=params["epochs"], log_every_steps=10),
@@ -239,6 +239,30 @@ def test_a_worker_killed_mid_pack_is_retried_and_resumes_from_its_checkpoint(swe
     ref.fit(torch.from_numpy(x_train), torch.from_numpy(x_eval))
     stored = TopKSAE.load(f"{get_settings().store}/sae/{result.sweep_id}/csLG_8_1024_32")
     torch.testing.assert_close(stored.W_dec, ref.model("csLG_8_1024_32").W_dec)
+
+
+def test_other_fields_of_the_sample_sweep_without_embedding_anything(sweep_store):
+    """cs.CV and a union (cs.CL+cs.AI) over the cs.LG sample: every paper has its vector
+    already, so nothing is embedded; each domain trains on its own snapshot, under its
+    own names."""
+    from tasks.corpus.storage import read_papers
+    from tasks.embed.manifest import Namespace
+
+    ns = Namespace(sweep_store, "minilm-l6-v2")
+    parts, embedded = ns.parts(), ns.read_manifest().height
+    results = _sweep(domains=["cs.CV", "cs.CL+cs.AI"], k=[4], n_latents=[32])
+    assert ns.parts() == parts and ns.read_manifest().height == embedded
+    expected = [("cs.CV", "cs_cv", "csCV"), ("cs.AI+cs.CL", "cs_ai+cs_cl", "csAI+csCL")]
+    client = _client()
+    for r, (name, slug, prefix) in zip(results, expected, strict=True):
+        assert r.domain == name and not r.failed
+        assert [c["cell"] for c in r.cells] == [f"{prefix}_4_32_32"]
+        assert r.data_snapshot.startswith(f"{slug}-") and r.sweep_id.startswith(f"{slug}-")
+        rows = sweep_store.read_parquet(f"{ns.snapshot_dir(slug)}/{r.data_snapshot}.parquet")
+        papers = read_papers(sweep_store, get_domain(name), columns=["id"])
+        assert rows["id"].to_list() == papers["id"].to_list() and 0 < rows.height < SAMPLE
+        assert client.get_experiment_by_name(f"arxiv-sae/{name}") is not None
+        assert client.get_registered_model(f"sae-{name}-k4-n32").aliases == {"champion": 1}
 
 
 def test_the_sweep_with_the_store_on_s3_and_an_mlflow_server(
@@ -317,7 +341,7 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
         folder = f"sae/{first.sweep_id}/{cell}"
         model = TopKSAE.load(f"{get_settings().store}/{folder}")
         snap = snapshot_by_id(sweep_store, CS, "minilm-l6-v2", first.data_snapshot)
-        ids, x = Namespace(sweep_store, "minilm-l6-v2", CS).load(
+        ids, x = Namespace(sweep_store, "minilm-l6-v2").load(
             keys=sweep_store.read_parquet(snap.path)
         )
         # The stored codes are the model's codes of every paper of the snapshot.

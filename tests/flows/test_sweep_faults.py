@@ -59,7 +59,7 @@ def _refused(result, *words: str) -> None:
         (["--source", "missing.jsonl.gz"], ["missing.jsonl.gz does not exist", "give the path"]),
         (["--source", "{empty_dir}"], ["holds no data files"]),
         (["--source", "{empty_file}"], ["empty file", "name one of"]),
-        ([], ["no papers for cs.LG", "sae ingest cs.LG"]),
+        ([], ["no papers of cs.LG", "sae ingest cs.LG"]),
         (["--source", "{papers}", "--data-snapshot", "nope"], ["no data snapshot 'nope'"]),
         (["--embedder", "word2vec"], ["unknown embedder spec"]),
         (["--k", ""], ["--k is empty"]),
@@ -86,9 +86,9 @@ def test_bad_input_is_one_line_and_exit_2_before_any_flow_starts(args, words, no
 
 
 def test_unknown_domain_is_refused_before_anything_starts():
-    result, _ = _sweep("hep-th", *SMALL)
+    result, _ = _sweep("cs.ML", *SMALL)
     assert result.exit_code == 2
-    assert "unknown domain 'hep-th'" in result.output
+    assert "unknown domain 'cs.ML': did you mean cs.LG or stat.ML?" in result.output
 
 
 def test_k_larger_than_n_names_the_pair():
@@ -159,7 +159,7 @@ def test_unreachable_ray_address_fails_fast():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "no papers for cs.LG"),
+        ([], "no papers of cs.LG"),
         (["--source", "missing.jsonl.gz"], "source missing.jsonl.gz does not exist"),
     ],
 )

@@ -6,14 +6,16 @@
         ...
         server.requests                                     # what arrived, when
 
-The API answers ``start``/``max_results`` slices of ``api_entries`` with ``totalResults``
-set; OAI-PMH serves ``oai_pages`` one per request, chained by resumption tokens
-``tok1``, ``tok2``, ... Replies queued with :meth:`ArxivServer.fail` are served first, to the
-requests they match, which is how tests inject 503s, cut-off XML, error entries and so on.
+The API answers ``start``/``max_results`` slices of those ``api_entries`` filed under one
+of the query's ``cat:`` terms, with ``totalResults`` set; OAI-PMH serves ``oai_pages``
+one per request, chained by resumption tokens ``tok1``, ``tok2``, ... Replies queued with
+:meth:`ArxivServer.fail` are served first, to the requests they match, which is how tests
+inject 503s, cut-off XML, error entries and so on.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -310,8 +312,11 @@ class ArxivServer:
             return Reply.error(400, body=b"start and max_results must be integers")
         if size > 2000 or start + size > 30000 or "search_query" not in query:
             return Reply.error(400, body=b"bad query")
-        entries = [atom_entry(p) for p in self.api_entries[start : start + size]]
-        total = len(self.api_entries) if self.api_total is None else self.api_total
+        # As arXiv does: only the papers filed under one of the query's cat: terms.
+        wanted = set(re.findall(r"cat:([A-Za-z.-]+)", query["search_query"]))
+        matching = [p for p in self.api_entries if not wanted or wanted & set(p.categories)]
+        entries = [atom_entry(p) for p in matching[start : start + size]]
+        total = len(matching) if self.api_total is None else self.api_total
         return Reply.xml(
             atom_feed(entries, total=total, start=start, per_page=size), content_type=ATOM_TYPE
         )

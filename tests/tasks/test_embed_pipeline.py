@@ -62,7 +62,7 @@ def test_embeds_once_then_only_what_is_new(store, arxiv_data):
     more = embed_domain(store, CS, settings=settings)
     assert (more.embedded, more.already, more.shards) == (5, 20, 1)
 
-    ns = Namespace(store, first.embedder, CS)
+    ns = Namespace(store, first.embedder)
     ids, x = ns.load()
     assert ids == read_papers(store, CS)["id"].to_list() and x.shape == (25, 384)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4)
@@ -76,6 +76,20 @@ def test_embeds_once_then_only_what_is_new(store, arxiv_data):
         [paper_text(t, a) for t, a in zip(papers["title"], papers["abstract"], strict=True)]
     )
     assert (np.sum(direct * x[:3], axis=1) > 0.999).all()
+
+
+def test_a_paper_is_embedded_once_across_every_domain_it_is_in(store, arxiv_data):
+    """After cs.LG, its cross-lists in cs.CV and stat.ML are embedded already; a union
+    embeds only what none of its parts had."""
+    ingest_source(store, CS, arxiv_data / "cs_lg.jsonl.gz", limit=80)
+    lg = embed_domain(store, CS, settings=get_settings())
+    cv = embed_domain(store, get_domain("cs.CV"), settings=get_settings())
+    union = embed_domain(store, get_domain("cs.CV+stat.ML"), settings=get_settings())
+    n_cv = read_papers(store, get_domain("cs.CV")).height
+    assert lg.embedded == 80 and 0 < n_cv < 80
+    assert (cv.embedded, cv.already, cv.shards, cv.papers) == (0, n_cv, 0, n_cv)
+    assert (union.embedded, union.shards) == (0, 0)
+    assert Namespace(store, lg.embedder).read_manifest()["id"].n_unique() == 80
 
 
 def test_limit_embeds_part_and_leaves_the_rest_for_the_next_run(store, arxiv_data):
@@ -93,11 +107,11 @@ def test_a_part_written_before_a_crash_is_adopted_not_redone(store, arxiv_data):
     from tasks.embed.run import paper_texts, pending_papers
 
     name = embedder_name("minilm")
-    ns = Namespace(store, name, CS)
+    ns = Namespace(store, name)
     texts = paper_texts(read_papers(store, CS))
     shard = plan_shards(pending_papers(texts, ns.read_manifest()), 8, name)[0]
     # The worker finished its part, then the driver died before recording it.
-    embed_shard(store.root, store.storage_options, "cs.LG", name, "minilm", "cpu", shard)
+    embed_shard(store.root, store.storage_options, name, "minilm", "cpu", shard)
     report = embed_domain(store, CS, settings=settings)
     assert (report.adopted, report.embedded) == (8, 2)
     assert ns.read_manifest()["id"].n_unique() == 10
@@ -111,7 +125,7 @@ def test_another_embedder_writes_to_its_own_namespace(store, arxiv_data):
     other = embed_domain(store, CS, settings=get_settings(), spec=f"st:{bundled_minilm_path()}")
     assert other.embedder != minilm.embedder and other.namespace != minilm.namespace
     assert (minilm.embedded, other.embedded) == (6, 6)
-    assert Namespace(store, minilm.embedder, CS).read_manifest().height == 6
+    assert Namespace(store, minilm.embedder).read_manifest().height == 6
 
 
 def test_empty_corpus_is_named(store):
@@ -134,7 +148,7 @@ def test_nan_vectors_fail_the_shard_and_record_nothing(store, arxiv_data, stub):
             embed_domain(store, CS, settings=get_settings(), spec="openai:stub-model")
     finally:
         stub.mutate = None
-    ns = Namespace(store, "openai-stub-model", CS)
+    ns = Namespace(store, "openai-stub-model")
     assert ns.read_manifest().is_empty() and ns.parts() == []
     # Once the endpoint behaves, the rerun embeds everything, exactly once.
     report = embed_domain(store, CS, settings=get_settings(), spec="openai:stub-model")
@@ -151,7 +165,7 @@ def test_sae_embed_command(store, arxiv_data):
     result = runner.invoke(app, ["embed", "cs.LG", "--limit", "4"])
     assert result.exit_code == 0, result.output
     assert "4 embedded" in result.output and "5 left" in result.output
-    assert f"{store.root}/embeddings/minilm-l6-v2/cs_lg" in result.output
+    assert f"vectors: {store.root}/embeddings/minilm-l6-v2\n" in result.output
     result = runner.invoke(app, ["embed", "cs_lg"])
     assert result.exit_code == 0, result.output
     assert "5 embedded" in result.output and "4 already embedded" in result.output
@@ -160,9 +174,9 @@ def test_sae_embed_command(store, arxiv_data):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["embed", "astro-ph"], "no papers under"),
+        (["embed", "astro-ph"], "no papers of astro-ph under"),
         (["embed", "cs.LG", "--embedder", "word2vec"], "unknown embedder spec 'word2vec'"),
-        (["embed", "math.CO"], "unknown domain"),
+        (["embed", "hep_thh"], "unknown domain 'hep_thh': did you mean hep-th?"),
     ],
 )
 def test_sae_embed_refuses_with_the_problem_named(args, message, store, arxiv_data):

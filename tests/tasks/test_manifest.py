@@ -5,14 +5,13 @@ import polars as pl
 import pytest
 
 from infra.store import Store
-from tasks.corpus.domains import get_domain
 from tasks.embed.manifest import EmbeddingStoreError, Namespace, text_sha
 from tasks.embed.run import _manifest_rows, adopt_orphans, pending_papers, plan_shards
 
 
 @pytest.fixture
 def ns(tmp_path):
-    return Namespace(Store(str(tmp_path)), "toy-3", get_domain("cs.LG"))
+    return Namespace(Store(str(tmp_path)), "toy-3")
 
 
 def unit(rows):
@@ -25,14 +24,8 @@ def test_load_gives_the_newest_vector_of_each_id_sorted(ns):
     ns.write_part("part-a.parquet", ["2", "1"], ["s2", "s1"], a)
     b = unit([[0, 0, 1]])
     ns.write_part("part-b.parquet", ["2"], ["s2new"], b)  # id 2's abstract was revised
-    ns.write_manifest(
-        pl.concat(
-            [
-                _manifest_rows(["2", "1"], ["s2", "s1"], "part-a.parquet", "r1"),
-                _manifest_rows(["2"], ["s2new"], "part-b.parquet", "r2"),
-            ]
-        )
-    )
+    ns.append_manifest(_manifest_rows(["2", "1"], ["s2", "s1"], "part-a.parquet", "r1"))
+    ns.append_manifest(_manifest_rows(["2"], ["s2new"], "part-b.parquet", "r2"))
     ids, x = ns.load()
     assert ids == ["1", "2"]
     np.testing.assert_array_equal(x, np.stack([a[1], b[0]]))
@@ -43,8 +36,8 @@ def test_load_gives_the_newest_vector_of_each_id_sorted(ns):
 
 def test_load_of_ids_without_vectors_names_them(ns):
     ns.write_part("part-a.parquet", ["1"], ["s1"], unit([[1, 0, 0]]))
-    ns.write_manifest(_manifest_rows(["1"], ["s1"], "part-a.parquet", "r"))
-    with pytest.raises(EmbeddingStoreError, match=r"1 id\(s\).*'9'.*sae embed cs.LG"):
+    ns.append_manifest(_manifest_rows(["1"], ["s1"], "part-a.parquet", "r"))
+    with pytest.raises(EmbeddingStoreError, match=r"1 id\(s\).*'9'.*sae embed DOMAIN"):
         ns.load(["1", "9"])
 
 
@@ -82,3 +75,15 @@ def test_shards_cover_everything_once_and_are_named_by_content():
     assert [s.name for s in plan_shards(pending, 4, "toy-3")] == [s.name for s in shards]
     assert plan_shards(pending, 4, "other")[0].name != shards[0].name
     assert len({s.name for s in shards}) == 3
+
+
+def test_manifest_parts_add_up_and_compaction_keeps_every_row(ns):
+    for i in range(5):
+        ns.append_manifest(_manifest_rows([str(i)], [f"s{i}"], f"part-{i}.parquet", f"r{i}"))
+    before = ns.read_manifest().sort("id")
+    assert before.height == 5 and len(ns.store.list(ns.manifest_dir)) == 5
+    ns.compact_manifest(at=5)  # not beyond the threshold: left as is
+    assert len(ns.store.list(ns.manifest_dir)) == 5
+    ns.compact_manifest(at=2)
+    assert len(ns.store.list(ns.manifest_dir)) == 1
+    assert ns.read_manifest().sort("id").equals(before)

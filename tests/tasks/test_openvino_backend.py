@@ -129,11 +129,11 @@ def test_an_embed_shard_runs_on_openvino(arxiv_data, cache, monkeypatch):
     pending = run.paper_texts(read_papers(store, cs))
     (shard,) = run.plan_shards(pending, 8, "minilm-l6-v2")
     result = run.embed_shard(
-        store.root, store.storage_options, "cs.LG", "minilm-l6-v2", "minilm", "cpu", shard,
+        store.root, store.storage_options, "minilm-l6-v2", "minilm", "cpu", shard,
         "auto", str(cache),
     )  # fmt: skip
     assert result["backend"] == "openvino" and result["n"] == 6
-    ns = Namespace(store, "minilm-l6-v2", cs)
+    ns = Namespace(store, "minilm-l6-v2")
     part = store.read_parquet(ns.part_path(shard.name))
     assert part["id"].to_list() == shard.ids
     vectors = np.stack(part["vector"].to_numpy())

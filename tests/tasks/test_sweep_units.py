@@ -23,7 +23,10 @@ def test_defaults_are_the_papers_grid():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"domains": ["hep-th"]}, "unknown domain 'hep-th'"),
+        ({"domains": ["hep_thh"]}, "unknown domain 'hep_thh': did you mean hep-th"),
+        ({"domains": ["cs.ML"]}, "did you mean cs.LG or stat.ML"),
+        ({"domains": ["cs.LG+cs_lg"]}, "cs.LG appears twice"),
+        ({"domains": ["astro-ph.GA+astro-ph"]}, "astro-ph.GA is already in astro-ph"),
         ({"k": [64], "n_latents": [32]}, "k=64 is larger than n_latents=32"),
         ({"k": [0]}, "positive"),
         ({"epochs": 0}, "epochs must be a positive integer"),
@@ -79,6 +82,21 @@ def test_sweep_id_follows_training_data_and_code_but_not_the_grid():
             "astroPH",
             "astro_ph",
         ),
+        (["gr-qc", "gr_qc", "grqc", "GR-QC"], "gr-qc", "grqc", "gr_qc"),
+        (
+            ["cond-mat.str-el", "cond_mat_str_el", "condmatSTREL"],
+            "cond-mat.str-el",
+            "condmatstrel",
+            "cond_mat_str_el",
+        ),
+        (["math", "MATH"], "math", "math", "math"),
+        (["all", "ALL", "All"], "all", "all", "all"),
+        (
+            ["cs.LG+stat.ML", "stat.ML+cs.LG", "statML+csLG", "cs_lg+stat_ml"],
+            "cs.LG+stat.ML",
+            "csLG+statML",
+            "cs_lg+stat_ml",
+        ),
     ],
 )
 def test_every_spelling_of_a_domain_is_one_experiment_one_set_of_models_cells_and_folders(
@@ -104,6 +122,7 @@ def test_every_spelling_of_a_domain_is_one_experiment_one_set_of_models_cells_an
     assert (domain, experiment, model) == (name, f"arxiv-sae/{name}", f"sae-{name}-k16-n3072")
     assert (cell_dir, folder) == (f"{cell}_16_3072_1024", slug)
     assert parse_cell_name(cell_dir) == (cell, 16, 3072, 1024)
+    assert get_domain(cell).name == name  # a cell's name leads back to its domain
 
 
 def _ref(k, n, nmse, dead):

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import polars as pl
 import pytest
 
-from tasks.corpus.domains import Domain, get_domain
+from tasks.corpus.domains import get_domain
 from tasks.corpus.readers import read_source
 from tasks.corpus.records import PAPER_SCHEMA, QUARANTINE_SCHEMA, RawRecord
 from tasks.corpus.text import clean_text, date_from_id, id_version, normalise_id, parse_date
@@ -16,7 +16,7 @@ from tasks.corpus.validate import ValidationConfig, validate
 TODAY = date(2026, 11, 21)
 CS = get_domain("cs.LG")
 ASTRO = get_domain("astro-ph")
-EVERYTHING = Domain("all", "all", "", "", member=lambda cats: True)
+EVERYTHING = get_domain("all")
 KAGGLE = "kaggle_arxiv-metadata-oai-snapshot.head200.json"
 
 
