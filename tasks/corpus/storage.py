@@ -55,23 +55,20 @@ def write_quarantine(store: Store, rejected: pl.DataFrame) -> str | None:
     return _write_part(store, QUARANTINE_DIR, rejected, QUARANTINE_SCHEMA, "raw")
 
 
-def newest_versions(store: Store) -> pl.DataFrame:
-    """[id, version, categories, _part]: the newest copy of every paper, sorted by id.
+def newest_versions(store: Store, parts: list[str] | None = None) -> pl.DataFrame:
+    """[id, version, categories, _part]: the newest copy of every paper, sorted by id;
+    ``_part`` indexes ``parts`` (default: the corpus's parts as listed now).
 
     Reads three narrow columns of each part, so deciding which copy counts costs a small
     share of the corpus's bytes in memory, never its texts.
     """
+    parts = store.list(CORPUS_DIR) if parts is None else parts
     frames = [
         store.read_parquet(p, columns=list(_KEYS)).with_columns(pl.lit(i, pl.Int32).alias("_part"))
-        for i, p in enumerate(store.list(CORPUS_DIR))
+        for i, p in enumerate(parts)
     ]
     if not frames:
-        return pl.DataFrame(
-            schema={
-                **{c: PAPER_SCHEMA[c] for c in ("id", "version", "categories")},
-                "_part": pl.Int32,
-            }
-        )
+        return pl.DataFrame(schema={**{c: PAPER_SCHEMA[c] for c in _KEYS}, "_part": pl.Int32})
     return (
         pl.concat(frames, how="vertical_relaxed")
         .sort(["id", "version", "_part"])
@@ -80,11 +77,18 @@ def newest_versions(store: Store) -> pl.DataFrame:
 
 
 def in_domain(keys: pl.DataFrame, domain: Domain) -> pl.DataFrame:
-    """The rows of ``keys`` (with a ``categories`` column) whose paper belongs to ``domain``."""
+    """The rows of ``keys`` (with a ``categories`` column) whose paper belongs to ``domain``.
+
+    Asked once per distinct list of categories: far fewer than papers (cross-lists repeat).
+    """
     if domain.kind == "all":
         return keys
-    mask = [domain.contains(cats) for cats in keys["categories"].to_list()]
-    return keys.filter(pl.Series(mask, dtype=pl.Boolean))
+    lists = keys.select(pl.col("categories").unique())["categories"]
+    member = pl.DataFrame(
+        {"categories": lists, "_in": [domain.contains(c) for c in lists.to_list()]},
+        schema={"categories": lists.dtype, "_in": pl.Boolean},
+    )
+    return keys.join(member, on="categories", how="left").filter("_in").drop("_in")
 
 
 def read_papers(store: Store, domain: Domain, columns: list[str] | None = None) -> pl.DataFrame:
@@ -93,20 +97,23 @@ def read_papers(store: Store, domain: Domain, columns: list[str] | None = None) 
     ``columns`` (default: all of PAPER_SCHEMA) are read only for the domain's rows, one
     part at a time.
     """
-    return _read_newest(store, in_domain(newest_versions(store), domain), columns)
+    parts = store.list(CORPUS_DIR)
+    return _read_newest(store, parts, in_domain(newest_versions(store, parts), domain), columns)
 
 
 def papers_by_id(store: Store, ids: list[str], columns: list[str] | None = None) -> pl.DataFrame:
     """The newest version of each of ``ids`` found in the corpus, whatever its domain now
     (a snapshot's paper whose categories changed since still has its text), sorted by id."""
-    wanted = newest_versions(store).join(pl.DataFrame({"id": ids}), on="id", how="semi")
-    return _read_newest(store, wanted, columns)
+    parts = store.list(CORPUS_DIR)
+    wanted = newest_versions(store, parts).join(pl.DataFrame({"id": ids}), on="id", how="semi")
+    return _read_newest(store, parts, wanted, columns)
 
 
-def _read_newest(store: Store, wanted: pl.DataFrame, columns: list[str] | None) -> pl.DataFrame:
+def _read_newest(
+    store: Store, parts: list[str], wanted: pl.DataFrame, columns: list[str] | None
+) -> pl.DataFrame:
     """``columns`` of the ``wanted`` [id, _part] rows, read one part at a time."""
     columns = columns or list(PAPER_SCHEMA)
-    parts = store.list(CORPUS_DIR)
     frames = []
     for (i,), keep in wanted.select("id", "_part").group_by("_part"):
         df = store.read_parquet(parts[i], columns=list(dict.fromkeys(["id", "version", *columns])))
