@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tqdm import tqdm
 
 from flows.cli_common import (
     SERVICE_ERRORS,
@@ -290,33 +289,20 @@ def embed(
     ] = "",
     limit: Annotated[int, typer.Option(help="Embed at most this many new papers (0: all).")] = 0,
 ) -> None:
-    """Embed the papers of DOMAIN that have no embedding yet (one Ray task per shard)."""
+    """Embed the papers of DOMAIN that have no embedding yet (one Ray task per shard).
+
+    On a terminal a live line shows the papers embedded of the total, the rate and the
+    time left; elsewhere a log line at most every 10 s.
+    """
     setup_logging()
-    bar = None
-
-    def on_progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="paper", desc="embedding", disable=None)
-        bar.update(done - bar.n)
-
     bad = (UnknownDomainError, StoreError, EmptyCorpusError, EmbedderError, RayUnavailableError)
-    try:
-        with exit_codes([((*bad, EmbeddingStoreError, EmbedFailedError), 2)]):
-            settings, store, dom = _store_and_domain(domain)
-            if not limit:
-                warn_cpu_embedding(settings, store, [dom.name], embedder or settings.embedder)
-            report = embed_domain(
-                store,
-                dom,
-                settings=settings,
-                spec=embedder or None,
-                limit=limit or None,
-                on_progress=on_progress,
-            )
-    finally:
-        if bar is not None:
-            bar.close()
+    with exit_codes([((*bad, EmbeddingStoreError, EmbedFailedError), 2)]):
+        settings, store, dom = _store_and_domain(domain)
+        if not limit:
+            warn_cpu_embedding(settings, store, [dom.name], embedder or settings.embedder)
+        report = embed_domain(
+            store, dom, settings=settings, spec=embedder or None, limit=limit or None
+        )
     typer.echo(
         f"{report.domain} / {report.embedder}: {report.embedded} embedded "
         f"({report.rate:.1f} abstracts/s over {report.embed_seconds:.1f} s of shards, "

@@ -24,6 +24,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
@@ -36,6 +37,7 @@ from tasks.corpus.domains import covering, get_domain
 from tasks.embed.embedders import embedder_name
 from tasks.layout import open_store
 from tasks.sweep.config import SweepFailedError, SweepParams, sweep_id
+from tasks.sweep.pack_progress import PackWatcher, flow_run_progress
 from tasks.sweep.results import SWEEP_COLUMNS, results_table
 from tasks.sweep.steps import (
     ensure_corpus,
@@ -92,16 +94,21 @@ def train_packs(specs: list[PackSpec], resources: dict, total_cells: int, done_c
     refs: list[dict] = []
     errors: dict[str, str] = {}
     done = done_cells
-    for fut in as_completed(list(futures)):
-        spec = futures[fut]
-        try:
-            cells = fut.result()
-        except Exception as exc:
-            errors[spec.label] = f"{type(exc).__name__}: {exc}"
-            continue
-        refs.extend(cells)
-        done += len(spec.cells)
-        update_progress_artifact(progress, 100.0 * done / total_cells)
+    # Each pack's step, as its task records it in Prefect: a live line per pack here.
+    watcher = PackWatcher(flow_run_progress(flow_run.id)).start()
+    try:
+        for fut in as_completed(list(futures)):
+            spec = futures[fut]
+            try:
+                cells = fut.result()
+            except Exception as exc:
+                errors[spec.label] = f"{type(exc).__name__}: {exc}"
+                continue
+            refs.extend(cells)
+            done += len(spec.cells)
+            update_progress_artifact(progress, 100.0 * done / total_cells)
+    finally:
+        watcher.stop()
     return refs, errors
 
 

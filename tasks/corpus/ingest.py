@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from infra.progress import StageProgress
 from infra.store import Store
 from tasks.corpus.domains import Domain
 from tasks.corpus.records import RawRecord
@@ -143,10 +144,17 @@ def harvest(
     def records():
         # Keep what arrived before a failure: it is validated and stored, the watermark
         # stays put, and the error is raised after that, so a rerun only repeats the tail.
-        try:
-            yield from fn(domain, since, until, config=config, stats=stats, limit=limit)
-        except harvesters.HarvestError as exc:
-            failure.append(exc)
+        with StageProgress(f"harvest {domain.name}", unit="records") as shown:
+            try:
+                for n, record in enumerate(
+                    fn(domain, since, until, config=config, stats=stats, limit=limit), 1
+                ):
+                    # The API announces its total; OAI-PMH says none until the end.
+                    total = min(filter(None, (stats.total_results, limit)), default=None)
+                    shown.update(n, total, requests=stats.requests)
+                    yield record
+            except harvesters.HarvestError as exc:
+                failure.append(exc)
 
     report = ingest_records(store, domain, records(), f"arXiv {source} {since}..{until}")
     if failure:

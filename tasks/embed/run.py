@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from infra.progress import StageProgress
 from infra.retries import WORKER_RETRIES
 from infra.store import Store
 from tasks.corpus.domains import Domain
@@ -273,26 +274,28 @@ def embed_domain(
         }
         if on_progress:
             on_progress(0, pending.height)
-        while refs:
-            done, _ = ray.wait(list(refs), num_returns=1)
-            shard = refs.pop(done[0])
-            try:
-                result = ray.get(done[0])
-            except Exception as exc:
-                failures.append(f"{shard.name} ({len(shard.ids)} papers): {_root_cause(exc)}")
-                continue
-            ns.check_embedder(spec, result["dim"])
-            ns.append_manifest(_manifest_rows(shard.ids, shard.shas, shard.name, run_id))
-            embedded += result["n"]
-            log.info(
-                "%s: %d papers in %.1f s (%s)",
-                shard.name,
-                result["n"],
-                result["seconds"],
-                result["backend"] or spec,
-            )
-            if on_progress:
-                on_progress(embedded, pending.height)
+        with StageProgress(f"embedding {domain.name}", pending.height, "papers") as shown:
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                shard = refs.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except Exception as exc:
+                    failures.append(f"{shard.name} ({len(shard.ids)} papers): {_root_cause(exc)}")
+                    continue
+                ns.check_embedder(spec, result["dim"])
+                ns.append_manifest(_manifest_rows(shard.ids, shard.shas, shard.name, run_id))
+                embedded += result["n"]
+                log.debug(
+                    "%s: %d papers in %.1f s (%s)",
+                    shard.name,
+                    result["n"],
+                    result["seconds"],
+                    result["backend"] or spec,
+                )
+                shown.update(embedded, backend=result["backend"] or spec)
+                if on_progress:
+                    on_progress(embedded, pending.height)
         embed_seconds = time.perf_counter() - t_submit
 
     report = EmbedReport(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import task
 
+from infra.progress import StageProgress
 from infra.retries import WORKER_RETRIES
 from infra.settings import get_settings
 from infra.store import Store
@@ -89,14 +90,16 @@ def analyse_cells(jobs: list[CellJob]) -> dict[str, dict]:
     scratch = str(settings.home / "scratch")
     refs = {remote.remote(j, scratch, "cuda" if gpu else "cpu"): j for j in todo}
     errors = []
-    while refs:
-        done, _ = ray.wait(list(refs), num_returns=1)
-        job = refs.pop(done[0])
-        try:
-            results[job.cell] = ray.get(done[0])
-        except Exception as exc:
-            cause = getattr(exc, "cause", None) or exc
-            errors.append(f"{job.cell}: {type(cause).__name__}: {cause}")
+    with StageProgress("features", len(todo), "cells") as shown:
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            job = refs.pop(done[0])
+            try:
+                results[job.cell] = ray.get(done[0])
+            except Exception as exc:
+                cause = getattr(exc, "cause", None) or exc
+                errors.append(f"{job.cell}: {type(cause).__name__}: {cause}")
+            shown.update(len(todo) - len(refs), latest=job.cell)
     if errors:
         raise FeaturesFailedError(
             f"{len(errors)} cell(s) failed (the rest are stored; rerun to retry): "

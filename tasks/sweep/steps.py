@@ -25,6 +25,7 @@ from tasks.embed.run import embed_domain
 from tasks.embed.snapshot import Snapshot, fix_snapshot, snapshot_by_id
 from tasks.layout import open_store
 from tasks.sweep.config import SweepInputError
+from tasks.sweep.pack_progress import pack_reporter, total_steps
 from tasks.sweep.plots import (
     density_histograms,
     importance_plot,
@@ -117,7 +118,10 @@ def train_pack_task(spec: PackSpec) -> list[dict]:
     (Ray runs it again if its worker dies: the ``max_retries`` of ``pack_resources``)."""
     settings = get_settings()
     _use_assigned_cpus()
-    refs = train_pack(spec, spec.store(), settings.home / "scratch", settings.torch_device())
+    steps = total_steps(spec.train.epochs, spec.data.n_train, spec.train.batch_size)
+    on_log = pack_reporter(spec.label, steps)
+    store, scratch = spec.store(), settings.home / "scratch"
+    refs = train_pack(spec, store, scratch, settings.torch_device(), on_log)
     return [r.as_dict() for r in refs]
 
 

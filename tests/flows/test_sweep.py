@@ -152,6 +152,12 @@ def test_sweep_trains_records_and_a_rerun_trains_nothing(sweep_store):
     assert any(n.startswith("train-k") and "-n" in n for n in names), names
     assert {"log-k4-n32", "log-k8-n64"} <= set(names)
     assert {"progress", "markdown"} <= {a.type for a in artifacts}
+    # The pack's task recorded its step from the Ray worker (what the terminal shows).
+    from tasks.sweep.pack_progress import PackStep
+
+    steps = [PackStep.parse(a.description) for a in artifacts if a.type == "progress"]
+    total = 3 * (snap.n_train // 32)
+    assert any(s and s.step == s.total == total and s.train_nmse > 0 for s in steps), steps
 
     # `sae runs` shows the four cells and the champion.
     table = runner.invoke(app, ["runs", "--sweep", sweep_id])
