@@ -30,6 +30,7 @@ from flows.features_cli import features_text
 from flows.features_cli import register as register_feature_commands
 from flows.search_cli import register as register_search_commands
 from flows.stack_cli import register as register_stack_commands
+from flows.vectors_cli import register as register_vector_commands
 from infra.code_version import code_version
 from infra.local_stack import StackError, check_mlflow, check_prefect, prefect_for_run
 from infra.ray_runtime import RayUnavailableError, ensure_ray
@@ -468,6 +469,7 @@ def _reembed_summary(s: dict) -> str:
 register_feature_commands(app)
 register_stack_commands(app)
 register_search_commands(app)
+register_vector_commands(app)
 
 if __name__ == "__main__":
     app()

@@ -133,6 +133,13 @@ class Namespace:
                 f"{seen.get('spec')!r}; embedder {spec!r} gives {dim}-d. Give it another name."
             )
 
+    def imported(self) -> bool:
+        """Whether ``sae import-vectors`` made this namespace (never embedded into then)."""
+        try:
+            return self.store.read_json(f"{self.folder}/_embedder.json").get("source") == "import"
+        except FileNotFoundError:
+            return False
+
     def parts(self) -> list[str]:
         return [p.rsplit("/", 1)[1] for p in self.store.list(self.folder)]
 

@@ -234,6 +234,16 @@ def embed_domain(
         manifest = pl.concat([manifest, adopted])
     pending = pending_papers(texts, manifest)
     total_pending = pending.height
+    if total_pending and ns.imported():
+        # Vectors from elsewhere: ours would not be the same space, whatever the name.
+        log.warning(
+            "%d paper(s) of %s have no vector in %s, whose vectors were imported; "
+            "`sae import-vectors` theirs to include them",
+            total_pending,
+            domain.name,
+            store.uri(ns.folder),
+        )
+        pending = pending.head(0)
     if limit is not None:
         pending = pending.head(limit)
     if up_to is not None:
