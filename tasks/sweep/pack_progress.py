@@ -1,7 +1,7 @@
 """A pack's progress as Prefect records it: a progress artifact of the pack's task run,
 whose description holds its step of the total and its cells' latest train NMSE.
 
-The worker writes it (:func:`pack_reporter`, the trainer's ``on_log``); the Prefect UI
+The worker writes it (:class:`PackReporter`, the trainer's ``on_log``); the Prefect UI
 shows it; the terminal of the run that started the sweep reads it back
 (:class:`PackWatcher`), so the step a pack is at travels through Prefect, which carries
 the run's other records already, and through no channel of our own.
@@ -9,6 +9,7 @@ the run's other records already, and through no channel of our own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -56,32 +57,47 @@ def total_steps(epochs: int, n_train: int, batch_size: int) -> int:
     return epochs * (n_train // batch_size)
 
 
-def pack_reporter(
-    label: str, total: int, clock: Callable[[], float] = time.monotonic
-) -> Callable[[str, int, dict[str, float]], None]:
-    """The trainer's ``on_log`` for a pack run as a Prefect task: the artifact moves at
-    most every REPORT_EVERY_S, and at the last step. Progress is never worth failing
-    training for: a Prefect call that fails is logged and training goes on."""
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+class PackReporter:
+    """The trainer's ``on_log`` for a pack run as a Prefect task, and :meth:`close` once
+    the pack is trained. The artifact moves at most every REPORT_EVERY_S, and at the end
+    to the total. Progress is never worth failing training for: a Prefect call that
+    fails is logged and training goes on."""
 
-    try:
-        artifact = create_progress_artifact(0.0, description=PackStep(label, 0, total).describe())
-    except Exception as exc:
-        log.debug("no progress artifact for %s: %s", label, exc)
-        return lambda *_: None
-    last = [clock()]
+    def __init__(self, label: str, total: int, clock: Callable[[], float] = time.monotonic):
+        from prefect.artifacts import create_progress_artifact
 
-    def on_log(cell: str, step: int, metrics: dict[str, float]) -> None:
-        if clock() - last[0] < REPORT_EVERY_S and step < total:
-            return
-        last[0] = clock()
-        now = PackStep(label, step, total, metrics.get("train_nmse"))
+        self._label, self._total, self._clock = label, total, clock
+        self._latest = PackStep(label, 0, total)
         try:
-            update_progress_artifact(artifact, 100.0 * step / total, description=now.describe())
+            self._artifact = create_progress_artifact(0.0, description=self._latest.describe())
         except Exception as exc:
-            log.debug("progress of %s not recorded: %s", label, exc)
+            log.debug("no progress artifact for %s: %s", label, exc)
+            self._artifact = None
+        self._reported = clock()
 
-    return on_log
+    def __call__(self, cell: str, step: int, metrics: dict[str, float]) -> None:
+        self._latest = PackStep(self._label, step, self._total, metrics.get("train_nmse"))
+        if self._clock() - self._reported >= REPORT_EVERY_S:
+            self._report()
+
+    def close(self) -> None:
+        """The pack is trained: its last step is the total, whatever was logged last."""
+        self._latest = dataclasses.replace(self._latest, step=self._total)
+        self._report()
+
+    def _report(self) -> None:
+        self._reported = self._clock()
+        if self._artifact is None:
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        now = self._latest
+        try:
+            update_progress_artifact(
+                self._artifact, 100.0 * now.step / max(now.total, 1), description=now.describe()
+            )
+        except Exception as exc:
+            log.debug("progress of %s not recorded: %s", self._label, exc)
 
 
 class PackWatcher:

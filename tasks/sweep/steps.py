@@ -25,7 +25,7 @@ from tasks.embed.run import embed_domain
 from tasks.embed.snapshot import Snapshot, fix_snapshot, snapshot_by_id
 from tasks.layout import open_store
 from tasks.sweep.config import SweepInputError
-from tasks.sweep.pack_progress import pack_reporter, total_steps
+from tasks.sweep.pack_progress import PackReporter, total_steps
 from tasks.sweep.plots import (
     density_histograms,
     importance_plot,
@@ -119,9 +119,10 @@ def train_pack_task(spec: PackSpec) -> list[dict]:
     settings = get_settings()
     _use_assigned_cpus()
     steps = total_steps(spec.train.epochs, spec.data.n_train, spec.train.batch_size)
-    on_log = pack_reporter(spec.label, steps)
+    reporter = PackReporter(spec.label, steps)
     store, scratch = spec.store(), settings.home / "scratch"
-    refs = train_pack(spec, store, scratch, settings.torch_device(), on_log)
+    refs = train_pack(spec, store, scratch, settings.torch_device(), reporter)
+    reporter.close()
     return [r.as_dict() for r in refs]
 
 

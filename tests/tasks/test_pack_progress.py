@@ -4,7 +4,7 @@ the terminal of the run reads it back, one line per pack."""
 import pytest
 
 from infra import progress
-from tasks.sweep.pack_progress import PackStep, PackWatcher, pack_reporter, total_steps
+from tasks.sweep.pack_progress import PackReporter, PackStep, PackWatcher, total_steps
 
 
 def test_a_step_reads_back_as_it_was_written():
@@ -46,19 +46,29 @@ def test_the_step_a_task_records_is_what_the_flow_reads_back():
 
     from tasks.sweep.pack_progress import flow_run_progress
 
-    ticks = iter([0.0, 0.0, 0.5, 3.0, 3.1, 3.2])  # creation, then each on_log's clock reads
+    clock = [0.0]
+    seen = []
 
     @task
     def pack() -> None:
-        on_log = pack_reporter("train-k4-n32", 10, clock=lambda: next(ticks))
-        on_log("c", 2, {"train_nmse": 0.9})  # within 2 s of the last report: skipped
-        on_log("c", 6, {"train_nmse": 0.7})  # reported
-        on_log("c", 10, {"train_nmse": 0.6})  # the last step: always reported
+        on_log = PackReporter("train-k4-n32", 12, clock=lambda: clock[0])
+        clock[0] = 0.5
+        on_log("c", 2, {"train_nmse": 0.9})  # within 2 s of the last report: not sent
+        seen.append(flow_run_progress(flow_run.id)())
+        clock[0] = 3.0
+        on_log("c", 6, {"train_nmse": 0.7})  # sent
+        seen.append(flow_run_progress(flow_run.id)())
+        on_log("c", 10, {"train_nmse": 0.6})  # too soon again
+        on_log.close()  # trained: the total, with the latest NMSE
 
     @flow
-    def packs() -> list[str]:
+    def packs() -> None:
         pack()
-        return flow_run_progress(flow_run.id)()
+        seen.append(flow_run_progress(flow_run.id)())
 
-    (description,) = packs()
-    assert description == "pack train-k4-n32: step 10/10, train_nmse 0.6000"
+    packs()
+    assert seen == [
+        ["pack train-k4-n32: step 0/12"],
+        ["pack train-k4-n32: step 6/12, train_nmse 0.7000"],
+        ["pack train-k4-n32: step 12/12, train_nmse 0.6000"],
+    ]
