@@ -1,12 +1,15 @@
 """``sae search`` (one query in the terminal) and ``sae serve`` (the search page).
 
-As in :mod:`flows.cli`, what imports torch, FastAPI or MLflow stays inside the commands.
+As in :mod:`flows.cli`, what imports torch, FastAPI or MLflow stays inside the commands;
+``sae search`` imports torch only when no running ``sae serve`` answers for it
+(:mod:`tasks.search.remote`), and MLflow only for a sweep the store has no index of.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from typing import Annotated
 
 import typer
@@ -26,14 +29,14 @@ def register(app: typer.Typer) -> None:
 
 def _bad_input():
     from tasks.embed.embedders import EmbedderError
-    from tasks.search.engine import SearchInputError
+    from tasks.search.limits import SearchInputError
 
     return [((*SERVICE_ERRORS, SearchInputError, EmbedderError), 2)]
 
 
 def parse_boost(values: list[str]) -> dict[int, float]:
     """``ID=w`` pairs as {id: w}; a bare ``ID`` means the strength a page's "add" gives."""
-    from tasks.search.engine import ADD_STRENGTH
+    from tasks.search.limits import ADD_STRENGTH
 
     out: dict[int, float] = {}
     for value in values:
@@ -65,6 +68,12 @@ def search(
     ] = None,
     top: Annotated[int, typer.Option(help="How many papers.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            "--in-process", help="Search in this process even when a `sae serve` is running."
+        ),
+    ] = False,
 ) -> None:
     """Search a sweep's papers with a query, steered by its SAE features.
 
@@ -72,45 +81,71 @@ def search(
     and --suppress set features' strengths, and the search uses the query's embedding
     plus the change those edits make to its reconstruction (unedited, the results are
     exactly those of the embedding). Prints the query's features and the papers, each
-    with the features it shares with the query.
+    with the features it shares with the query. A running `sae serve` of the same data
+    answers it when there is one (the same output, without loading the model here).
     """
     strengths = parse_boost(boost or [])
     for fid in suppress or []:
         strengths[fid] = 0.0
     with exit_codes(_bad_input):
-        from tasks.search.load import open_engine
+        body = {"query": query, "domain": domain, "model": model, "sweep": sweep or None}
+        body |= {"strengths": {str(f): w for f, w in strengths.items()}, "top": top}
+        answer = None if in_process else _ask_server(body)
+        if answer is None:
+            from tasks.search.load import open_engine
 
-        engine = open_engine(domain, model, sweep or None)
-        result = engine.search(query, strengths, top)
-    if as_json:
-        typer.echo(json.dumps(result.as_dict(engine), indent=1))
-        return
-    typer.echo(search_text(engine, result))
+            engine = open_engine(domain, model, sweep or None)
+            result = engine.search(query, strengths, top)
+            answer = result.as_dict(engine)
+    typer.echo(json.dumps(answer, indent=1) if as_json else search_text(answer))
 
 
-def search_text(engine, result) -> str:
-    """A result (a :class:`tasks.search.engine.SearchResult`) as the terminal shows it."""
+def _ask_server(body: dict) -> dict | None:
+    """The answer of a running `sae serve` (its timings left out), or None."""
+    from infra.settings import get_settings
+    from tasks.corpus.domains import UnknownDomainError, get_domain
+    from tasks.search import remote
 
-    def name(fid: int, terms: int = 3) -> str:
-        label = ", ".join(engine.label(fid)[:terms])
-        return f"#{fid} {label}" if label else f"#{fid}"
+    settings = get_settings()
+    try:
+        domain = get_domain(body["domain"]).name
+    except UnknownDomainError:
+        return None  # said by the search in this process, as ever
+    server = remote.find(settings, domain)
+    answer = remote.ask(server, body | {"domain": domain}) if server else None
+    if answer is not None:
+        answer.pop("load_ms", None)
+        answer.pop("search_ms", None)
+    return answer
 
-    lines = [f"{engine.domain} · {engine.cell} · sweep {engine.sweep_id} · {result.query!r}"]
+
+def search_text(answer: dict) -> str:
+    """A search's answer (:meth:`tasks.search.engine.SearchResult.as_dict`) as the
+    terminal shows it."""
+
+    def name(fid: int, label: list[str], terms: int = 3) -> str:
+        shown = ", ".join(label[:terms])
+        return f"#{fid} {shown}" if shown else f"#{fid}"
+
+    domain, cell, sweep = answer["domain"], answer["cell"], answer["sweep"]
+    lines = [f"{domain} · {cell} · sweep {sweep} · {answer['query']!r}"]
     feats = [
-        f"{name(f.id)} {f.strength:.2f}{' (set)' if f.edited else ''}" for f in result.features[:12]
+        f"{name(f['id'], f['label'])} {f['strength']:.2f}{' (set)' if f['edited'] else ''}"
+        for f in answer["features"][:12]
     ]
-    more = len(result.features) - len(feats)
+    more = len(answer["features"]) - len(feats)
     lines.append("features: " + "; ".join(feats) + (f"; and {more} more" if more > 0 else ""))
-    if engine.document is None:
+    if not answer["has_labels"]:
         lines.append(
-            f"(no labels: run `sae features {engine.domain} --sweep {engine.sweep_id} "
-            f"--cells {engine.cell}` for them)"
+            f"(no labels: run `sae features {domain} --sweep {sweep} --cells {cell}` for them)"
         )
     lines.append("")
-    for rank, hit in enumerate(result.hits, 1):
-        lines.append(f"{rank:>3}. {hit.score:.3f}  {hit.title}")
-        drivers = "; ".join(name(d, 2) for d in hit.drivers)
-        lines.append(f"     https://arxiv.org/abs/{hit.id}   {drivers}")
+    for rank, hit in enumerate(answer["hits"], 1):
+        lines.append(f"{rank:>3}. {hit['score']:.3f}  {hit['title']}")
+        drivers = "; ".join(
+            name(d, label, 2) for d, label in zip(hit["drivers"], hit["driver_labels"], strict=True)
+        )
+        lines.append(f"     https://arxiv.org/abs/{hit['id']}   {drivers}")
     return "\n".join(lines)
 
 
@@ -118,16 +153,24 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to listen on; 127.0.0.1 keeps it to this machine.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one).")] = 8765,
     domain: Annotated[
         list[str] | None,
         typer.Option(help="Domains to serve (default: every domain with sweeps). Repeatable."),
     ] = None,
+    preload: Annotated[
+        bool,
+        typer.Option(
+            help="Build each domain's champion at start, in the background (the server "
+            "answers meanwhile; the page says what is still loading)."
+        ),
+    ] = False,
 ) -> None:
     """Serve the steerable search page: a query box, the query's features with a slider
     each, families to add from, and papers that follow the sliders.
 
-    Models load on first use (seconds; the first query also loads the embedder).
+    Models and the query embedder load on first use (seconds), or at start with
+    --preload. While it runs, `sae search` asks it instead of loading them.
     """
     _setup_logging()
     import uvicorn
@@ -136,6 +179,7 @@ def serve(
     from tasks.corpus.domains import canonical_names
     from tasks.search.app import create_app
     from tasks.search.load import open_engine, sweep_models, swept_domains
+    from tasks.search.remote import connect_url, recorded
 
     settings = get_settings()
     try:
@@ -145,16 +189,25 @@ def serve(
     if not _loopback(host):
         typer.echo(f"note: listening on {host}: anyone who can reach it can search", err=True)
     app = create_app(
-        lambda d, m, s: open_engine(d, m, s, settings),
+        lambda d, m, s: open_engine(d, m, s, settings, load_embedder=True),
         domains,
         lambda d: sweep_models(d, settings),
     )
-    shown = f"[{host}]" if ":" in host else host
-    typer.echo(f"search page: http://{shown}:{port}/  (Ctrl-C stops it)")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        # Bound here, not by uvicorn: the port (0: any free one) is known before it is
+        # recorded for `sae search`.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port}: {exc}") from exc
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"search page: http://{shown}:{port}/  (Ctrl-C stops it)")
+    if preload:
+        app.state.engines.preload(domains)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    with recorded(settings, connect_url(host, port), domains):
+        server.run(sockets=[sock])
 
 
 def _loopback(host: str) -> bool:

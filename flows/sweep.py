@@ -36,6 +36,7 @@ from infra.tracking import ensure_experiment, mlflow_client
 from tasks.corpus.domains import covering, get_domain
 from tasks.embed.embedders import embedder_name
 from tasks.layout import open_store
+from tasks.sweep.catalog import index_sweep
 from tasks.sweep.config import SweepFailedError, SweepParams, sweep_id
 from tasks.sweep.pack_progress import PackWatcher, flow_run_progress
 from tasks.sweep.results import SWEEP_COLUMNS, results_table
@@ -232,4 +233,5 @@ def _sweep_domain(params, settings, store, client, experiment_id, domain, snap, 
         )
     result.cells = rows
     close_parent(client, parent, ok=not result.failed and len(every) == total)
+    index_sweep(store, client, domain, sid)  # what `sae search` reads instead of MLflow
     return result

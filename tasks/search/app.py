@@ -3,6 +3,7 @@
 
     GET  /                         the page
     GET  /api/models               per domain: its sweep and cells, or why there is none
+    GET  /api/status               the server's pid and its engines: loading, ready, failed
     POST /api/search               {query, domain, model, sweep, strengths: {id: w}, top}
     GET  /cards/{domain}/{model}   the cell's feature browser page (``#f<id>`` opens a card)
 
@@ -13,6 +14,7 @@ stack trace. Queries are POSTed, so they stay out of access logs.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,13 +27,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from tasks.features.browser import render_browser
-from tasks.search.engine import (
-    ADD_STRENGTH,
-    MAX_STRENGTH,
-    MAX_TOP,
-    SearchEngine,
-    SearchInputError,
-)
+from tasks.search.engine import SearchEngine
+from tasks.search.limits import ADD_STRENGTH, MAX_STRENGTH, MAX_TOP, SearchInputError
+from tasks.sweep.track import CHAMPION
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +54,7 @@ class Engines:
         self._open = open_engine
         self._engines: dict[tuple, SearchEngine] = {}
         self._locks: dict[tuple, threading.Lock] = {}
+        self._states: dict[tuple, str] = {}  # loading, ready or failed
         self._guard = threading.Lock()
 
     def get(self, domain: str, model: str, sweep: str | None) -> SearchEngine:
@@ -64,8 +63,40 @@ class Engines:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._engines:
-                self._engines[key] = self._open(domain, model, sweep or None)
+                self._states[key] = "loading"
+                try:
+                    self._engines[key] = self._open(domain, model, sweep or None)
+                except Exception:
+                    self._states[key] = "failed"
+                    raise
+                self._states[key] = "ready"
             return self._engines[key]
+
+    def preload(self, domains: list[str]) -> threading.Thread:
+        """Builds each domain's champion engine, one after the other, in a thread: the
+        server answers meanwhile, and a search waits only for its own engine."""
+        keys = [(domain, CHAMPION, None) for domain in domains]
+        for key in keys:  # said at once, so that the page's first look shows them
+            self._states.setdefault(key, "loading")
+
+        def build() -> None:
+            for key in keys:
+                try:
+                    self.get(*key)
+                except SearchInputError as exc:
+                    log.warning("%s: nothing to preload (%s)", key[0], exc)
+                except Exception:
+                    log.exception("%s: preloading its engine failed", key[0])
+
+        thread = threading.Thread(target=build, name="preload", daemon=True)
+        thread.start()
+        return thread
+
+    def states(self) -> list[dict]:
+        return [
+            {"domain": d, "model": m, "sweep": s, "state": state}
+            for (d, m, s), state in list(self._states.items())
+        ]
 
 
 def create_app(
@@ -116,6 +147,12 @@ def create_app(
             "max_top": MAX_TOP,
         }
 
+    @app.get("/api/status")
+    def status() -> dict:
+        states = engines.states()
+        loading = [e["domain"] for e in states if e["state"] == "loading"]
+        return {"pid": os.getpid(), "loading": list(dict.fromkeys(loading)), "engines": states}
+
     @app.post("/api/search")
     def search(req: SearchRequest) -> dict:
         if req.domain not in domains:
@@ -127,15 +164,10 @@ def create_app(
         engine = engines.get(req.domain, req.model, req.sweep)
         t1 = time.perf_counter()
         result = engine.search(req.query, req.strengths, req.top)
-        out = result.as_dict(engine)
-        out |= {
-            "domain": engine.domain or req.domain,
-            "sweep": engine.sweep_id,
-            "has_labels": engine.document is not None,
+        return result.as_dict(engine) | {
             "load_ms": round((t1 - t0) * 1000, 1),
             "search_ms": round((time.perf_counter() - t1) * 1000, 1),
         }
-        return out
 
     @app.get("/cards/{domain}/{model}", response_class=HTMLResponse)
     def cards(domain: str, model: str, sweep: str | None = None) -> str:

@@ -1,18 +1,21 @@
 """Steerable semantic search: index build time and memory, query latency, and whether an
 approximate index would pay.
 
-    python -m tasks.search.bench [--home PATH] [--domains cs.LG,astro-ph]
+    python -m tasks.search.bench [--home PATH] [--domains cs.LG,astro-ph] [--cold 5]
                                  [--synthetic 300000] [--d 384] [--n-latents 12288] [--k 64]
                                  [--clusters 4096] [--queries 50] [--threads 2]
                                  [--approx ivf] [--embedder-queries 20]
 
-Three sections, printed as they finish:
+Four sections, printed as they finish:
 
+0. Cold start of the first of ``--domains`` (``--cold 0`` or ``--domains ''`` skips it):
+   ``sae search QUERY --json`` in ``--cold`` new processes, searching in each and then
+   through a running ``sae serve`` (:mod:`tasks.search.cold`): p50, min and max seconds.
 1. Each of ``--domains`` in the home's newest finished sweep (``--home``, default
    ``$SAE_HOME``; ``--domains ''`` skips the section): the wall time of ``open_engine``
    split into the parts the engine records (``build_seconds``: the sweep's lookup in
-   MLflow, the papers, features.json, the model, the engine), the growth of the process's
-   RSS, the corpus matrix's bytes; then ``--queries``
+   the store's index or MLflow, the papers, features.json, the model, the engine), the
+   growth of the process's RSS, the corpus matrix's bytes; then ``--queries``
    distinct queries (a fixed list of research phrases, then titles of the corpus's papers
    spread through it). The first pays the embedder's load and is reported alone (cold);
    the p50/p95 of the rest are split into embed / encode / scan (matmul + top-k) / search
@@ -33,8 +36,8 @@ Three sections, printed as they finish:
    against exact search, beside torch's exact matmul. Without faiss the section says so.
 
 Torch runs ``--threads`` threads (the query embedder of section 1 uses its own count,
-printed). At defaults the whole run takes 2 to 4 minutes on two cores (the first open_engine
-imports mlflow, the IVF index trains for half a minute).
+printed). At defaults the whole run takes 3 to 5 minutes on two cores (section 0 starts
+a dozen processes, the IVF index trains for half a minute).
 """
 
 from __future__ import annotations
@@ -192,11 +195,11 @@ def queries_for(domain: str, titles: list[str], n: int) -> list[str]:
 def bench_home(domains: list[str], n_queries: int, threads: int) -> list[float]:
     """Section 1; gives back every warm embed time, for section 2's estimate."""
     t_import, _ = timed(__import__, "tasks.search.load")
-    from tasks.search.engine import SearchInputError
+    from tasks.search.limits import SearchInputError
     from tasks.search.load import open_engine
 
     emit(["", f"# 1. finished sweeps in {os.environ.get('SAE_HOME', '(default home)')}"])
-    emit([row("imports (tasks.search.load: mlflow, polars...)", f"{t_import:.2f} s")])
+    emit([row("imports (tasks.search.load: torch, polars...)", f"{t_import:.2f} s")])
     embeds: list[float] = []
     rng = np.random.default_rng(0)
     for domain in domains:
@@ -506,7 +509,8 @@ def bench_faiss(s: Synthetic, approx: list[str], threads: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--home", type=Path, default=None, help="SAE_HOME (default: $SAE_HOME)")
-    p.add_argument("--domains", default="cs.LG,astro-ph", help="'' skips section 1")
+    p.add_argument("--domains", default="cs.LG,astro-ph", help="'' skips sections 0 and 1")
+    p.add_argument("--cold", type=int, default=5, help="new processes per cold figure (0: skip)")
     p.add_argument("--synthetic", type=int, default=300_000, help="synthetic papers (0: skip)")
     p.add_argument("--d", type=int, default=384, help="synthetic embedding dimension")
     p.add_argument("--n-latents", type=int, default=12288, help="synthetic SAE latents")
@@ -519,8 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         "--embedder-queries", type=int, default=20, help="MiniLM timing without section 1"
     )
     a = p.parse_args(argv)
-    if a.queries < 2 or a.threads < 1 or a.synthetic < 0:
-        p.error("--queries must be >= 2, --threads >= 1, --synthetic >= 0")
+    if a.queries < 2 or a.threads < 1 or a.synthetic < 0 or a.cold < 0:
+        p.error("--queries must be >= 2, --threads >= 1, --synthetic and --cold >= 0")
     if a.synthetic and a.synthetic < TOP:
         p.error(f"--synthetic must be 0 or >= {TOP}")
     if a.home is not None:
@@ -534,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     domains = [d.strip() for d in a.domains.split(",") if d.strip()]
+    if domains and a.cold:
+        from tasks.search.cold import bench_cold
+
+        query = PHRASES.get(domains[0], PHRASES["cs.LG"])[0]
+        emit(bench_cold(domains[0], query, a.cold, row))
     embeds = bench_home(domains, a.queries, a.threads) if domains else []
     if a.synthetic:
         s = bench_synthetic(a, embeds)

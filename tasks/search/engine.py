@@ -25,27 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-#: Longer than any abstract; a query beyond it is a paste gone wrong.
-MAX_QUERY_CHARS = 4000
-#: Strengths above this are off the end of what the decoder was trained to produce.
-MAX_STRENGTH = 20.0
-MAX_TOP = 100
-#: Strength a feature gets when added without one (the page's "add", a bare --boost ID).
-ADD_STRENGTH = 3.0
+from tasks.search.limits import MAX_QUERY_CHARS, MAX_STRENGTH, MAX_TOP, SearchInputError
+
 #: Families offered per query, and members offered per family.
 FAMILIES, FAMILY_MEMBERS = 6, 8
 #: Query embeddings kept per engine.
 EMBED_CACHE = 256
 #: Features shown per result as having drawn it to the query.
 DRIVERS = 3
-
-
-class SearchInputError(ValueError):
-    """Bad input to a search (the message names it); ``status`` is its HTTP code."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -75,9 +62,13 @@ class SearchResult:
     families: list[dict] = field(default_factory=list)
 
     def as_dict(self, engine: SearchEngine) -> dict:
+        """What ``sae search --json`` prints and the page's API answers (plus its timings)."""
         return {
             "query": self.query,
+            "domain": engine.domain,
+            "sweep": engine.sweep_id,
             "cell": self.cell,
+            "has_labels": engine.document is not None,
             "edited": self.edited,
             "features": [f.__dict__ for f in self.features],
             "hits": [

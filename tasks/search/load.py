@@ -1,7 +1,13 @@
 """A :class:`SearchEngine` for a domain's sweep, built from what the sweep left: the cell's
 model, the papers of its data snapshot with their embeddings and titles, the embedder
 that made them (to embed the query the same way), and ``features.json`` when
-``sae features`` has run on the cell."""
+``sae features`` has run on the cell.
+
+The sweep and its cells come from the sweep's index in the store
+(:mod:`tasks.sweep.catalog`), else from MLflow (a sweep made before the index; the
+domain's newest is then indexed for the next search). MLflow's import and queries were
+2-6 s of a cold ``sae search``; torch and the embedder are what is left.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +16,30 @@ import threading
 import time
 
 import numpy as np
+import polars as pl
 import torch
 
 from infra.settings import Settings, get_settings
-from infra.store import Store
+from infra.store import Store, StoreError
 from infra.tracking import mlflow_client
 from tasks.corpus.domains import UnknownDomainError, get_domain
+from tasks.corpus.storage import papers_by_id
+from tasks.embed.embedders import make_embedder
 from tasks.embed.manifest import EmbeddingStoreError, Namespace
 from tasks.embed.snapshot import snapshot_by_id
-from tasks.features.locate import FeaturesInputError, find_sweep
-from tasks.features.run import DOC_FILE, texts_of
+from tasks.features.locate import FeaturesInputError, SweepInfo, find_sweep
 from tasks.layout import open_store
-from tasks.search.engine import SearchEngine, SearchInputError
+from tasks.search.engine import SearchEngine
+from tasks.search.limits import SearchInputError
+from tasks.sweep.catalog import read_index, save_index
 from tasks.sweep.load import load_cell_model
 from tasks.sweep.track import CHAMPION
 
 log = logging.getLogger(__name__)
+
+#: ``tasks.features.run.DOC_FILE`` (a test holds them equal), not imported from there:
+#: that module pulls in scipy, 0.25 s of a cold search.
+DOC_FILE = "features.json"
 
 
 def open_engine(
@@ -33,24 +47,27 @@ def open_engine(
     model: str = CHAMPION,
     sweep_id: str | None = None,
     settings: Settings | None = None,
+    load_embedder: bool = False,
 ) -> SearchEngine:
     """``model``: ``champion`` or a cell name of the sweep (default: the newest finished).
-    The engine's ``build_seconds`` say where its build went."""
+    ``load_embedder``: load the query's embedder now rather than at the first query (a
+    server's engine, so that its first search does not wait for it). The engine's
+    ``build_seconds`` say where its build went."""
     clock = _Clock()
     settings = settings or get_settings()
     try:
         dom = get_domain(domain)
     except UnknownDomainError as exc:
         raise SearchInputError(str(exc), 404) from None
+    store = open_store(settings)
+    info, source = _find_sweep(settings, store, dom.name, sweep_id or None)
     try:
-        info = find_sweep(mlflow_client(settings), dom.name, sweep_id or None)
         cell = info.champion if model == CHAMPION else info.cell(model)
     except FeaturesInputError as exc:
         raise SearchInputError(str(exc), 404) from None
     if cell is None:
         raise SearchInputError(f"sweep {info.sweep_id} of {dom.name} has no champion", 404)
-    clock.lap("sweep lookup (MLflow)")
-    store = open_store(settings)
+    clock.lap(f"sweep lookup ({source})")
     ids, titles, x, spec = _corpus(store, dom, info)
     clock.lap("papers: embeddings and titles")
     folder = cell.folder(info.sweep_id)
@@ -65,6 +82,9 @@ def open_engine(
         sae, ids, titles, x, _embedder(spec), document, cell.cell, dom.name, info.sweep_id
     )
     clock.lap("engine (feature units, labels)")
+    if load_embedder:
+        _shared_embedder(spec)
+        clock.lap("query embedder")
     engine.build_seconds = clock.laps
     log.info(
         "%s: search over %d papers with %s ready in %.1f s",
@@ -93,9 +113,10 @@ def sweep_models(domain: str, settings: Settings | None = None) -> dict:
     """What the page's menus offer for ``domain``: its newest finished sweep and cells."""
     settings = settings or get_settings()
     try:
-        info = find_sweep(mlflow_client(settings), get_domain(domain).name)
-    except (UnknownDomainError, FeaturesInputError) as exc:
+        name = get_domain(domain).name
+    except UnknownDomainError as exc:
         raise SearchInputError(str(exc), 404) from None
+    info, _ = _find_sweep(settings, open_store(settings), name, None)
     champion = info.champion.cell if info.champion else None
     cells = sorted((c for c in info.cells), key=lambda c: (c.k, c.n_latents, c.n_axis))
     return {
@@ -103,6 +124,28 @@ def sweep_models(domain: str, settings: Settings | None = None) -> dict:
         "champion": champion,
         "models": [CHAMPION] * (champion is not None) + [c.cell for c in cells],
     }
+
+
+def _find_sweep(
+    settings: Settings, store: Store, domain: str, sweep_id: str | None
+) -> tuple[SweepInfo, str]:
+    """The sweep and where it was found: the store's index, else MLflow."""
+    info = read_index(store, domain, sweep_id)
+    if info is not None:
+        return info, "store index"
+    client = mlflow_client(settings)
+    try:
+        info = find_sweep(client, domain, sweep_id)
+    except FeaturesInputError as exc:
+        raise SearchInputError(str(exc), 404) from None
+    # Only the newest finished: an index of an older sweep would hide a newer one that
+    # has none from the next default lookup.
+    if sweep_id is None:
+        try:
+            save_index(store, client, info)
+        except StoreError as exc:  # a read-only store (search on S3): MLflow each time
+            log.debug("sweep index not written (%s)", exc)
+    return info, "MLflow"
 
 
 class _Clock:
@@ -140,7 +183,7 @@ def _corpus(store: Store, dom, info) -> tuple[list[str], list[str], torch.Tensor
                 ids, x = ns.load(keys=store.read_parquet(snap.path))
             except EmbeddingStoreError as exc:
                 raise SearchInputError(str(exc), 404) from None
-            titles, _ = texts_of(store, ids)
+            titles = _titles(store, ids)
             spec = store.read_json(f"{ns.folder}/_embedder.json")["spec"]
             if len(_CORPORA) >= _CORPORA_KEPT:
                 _CORPORA.pop(next(iter(_CORPORA)))
@@ -149,16 +192,25 @@ def _corpus(store: Store, dom, info) -> tuple[list[str], list[str], torch.Tensor
         return _CORPORA[snap.uri]
 
 
+def _titles(store: Store, ids: list[str]) -> list[str]:
+    """Titles of ``ids`` in their order ("" for a paper gone from the corpus since)."""
+    papers = papers_by_id(store, ids, columns=["id", "title"])
+    table = pl.DataFrame({"id": ids}).join(papers, on="id", how="left", maintain_order="left")
+    return table["title"].fill_null("").to_list()
+
+
 def _embedder(spec: str):
-    """The query side of ``spec``, built on first use (loading a model takes seconds) and
-    shared by every engine of this process."""
+    """The query side of ``spec``, built on first use (loading a model takes seconds)."""
 
     def embed(texts: list[str]):
-        with _lock:
-            if spec not in _EMBEDDERS:
-                from tasks.embed.embedders import make_embedder
-
-                _EMBEDDERS[spec] = make_embedder(spec, device="cpu")
-        return _EMBEDDERS[spec].embed(texts)
+        return _shared_embedder(spec).embed(texts)
 
     return embed
+
+
+def _shared_embedder(spec: str):
+    """The embedder of ``spec`` that every engine of this process shares."""
+    with _lock:
+        if spec not in _EMBEDDERS:
+            _EMBEDDERS[spec] = make_embedder(spec, device="cpu")
+        return _EMBEDDERS[spec]

@@ -488,4 +488,4 @@ def _check_search(swept, analysed, ids: list[str], x_ND) -> None:
     assert bare.corpus_ND is champion.corpus_ND and bare.document is None
     result = bare.search(query, {3: 2.0})
     assert [f.label for f in result.features] == [[]] * len(result.features)
-    assert "sae features cs.LG" in search_text(bare, result)
+    assert "sae features cs.LG" in search_text(result.as_dict(bare))

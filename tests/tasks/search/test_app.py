@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tasks.search.app import create_app
-from tasks.search.engine import ADD_STRENGTH, MAX_STRENGTH, SearchInputError
+from tasks.search.limits import ADD_STRENGTH, MAX_STRENGTH, SearchInputError
 from tests.tasks.search.axes import D, engine_for, make_corpus
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.search.engine import MAX_QUERY_CHARS, MAX_STRENGTH, SearchInputError
+from tasks.search.limits import MAX_QUERY_CHARS, MAX_STRENGTH, SearchInputError
 from tests.tasks.search.axes import N_PAPERS, QUERY, D, K, engine_for, make_corpus, unit
 
 
