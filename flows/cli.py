@@ -28,6 +28,7 @@ from flows.cli_common import (
 from flows.cli_params import model_command
 from flows.features_cli import features_text
 from flows.features_cli import register as register_feature_commands
+from flows.interop_cli import register as register_interop_commands
 from flows.search_cli import register as register_search_commands
 from flows.stack_cli import register as register_stack_commands
 from flows.vectors_cli import register as register_vector_commands
@@ -469,6 +470,7 @@ def _reembed_summary(s: dict) -> str:
 register_feature_commands(app)
 register_stack_commands(app)
 register_search_commands(app)
+register_interop_commands(app)
 register_vector_commands(app)
 
 if __name__ == "__main__":
