@@ -60,8 +60,16 @@ class SweepInfo:
         raise FeaturesInputError(f"sweep {self.sweep_id} has no cell {name!r}; it has {known}")
 
 
+#: An SAE brought in by ``sae import-sae`` is recorded as a sweep with this code version
+#: and an id with this prefix: it is searched and analysed when named, but never stands
+#: in for the domain's own newest sweep (nor its champion's predecessor).
+IMPORTED = "imported"
+IMPORT_PREFIX = "import-"
+
+
 def find_sweep(client, domain: str, sweep_id: str | None = None) -> SweepInfo:
-    """The sweep ``sweep_id`` of ``domain``, or the domain's newest finished one."""
+    """The sweep ``sweep_id`` of ``domain``, or the domain's newest finished one trained
+    here (imports only by their id)."""
     experiment = client.get_experiment_by_name(experiment_name(domain))
     if experiment is None:
         raise FeaturesInputError(
@@ -71,7 +79,7 @@ def find_sweep(client, domain: str, sweep_id: str | None = None) -> SweepInfo:
     if sweep_id:
         query += f" and tags.sweep_id = '{sweep_id}'"
     else:
-        query += " and attributes.status = 'FINISHED'"
+        query += f" and attributes.status = 'FINISHED' and tags.code_version != '{IMPORTED}'"
     runs = client.search_runs(
         [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
     )
@@ -89,7 +97,7 @@ def previous_sweep(client, current: SweepInfo) -> SweepInfo | None:
     data snapshot with the same embedder (the champion a re-embed and a new sweep replace)."""
     query = (
         "tags.run_kind = 'sweep' and attributes.status = 'FINISHED' "
-        f"and tags.embedder = '{current.embedder}' "
+        f"and tags.code_version != '{IMPORTED}' and tags.embedder = '{current.embedder}' "
         f"and attributes.start_time < {current.start_time}"
     )
     for run in client.search_runs(

@@ -50,10 +50,10 @@ from tasks.embed.snapshot import (
     load_snapshot,
     snapshot_by_id,
 )
-from tasks.features.locate import FeaturesInputError, find_sweep
+from tasks.features.locate import IMPORT_PREFIX, IMPORTED, FeaturesInputError, find_sweep
 from tasks.interop import InteropInputError
 from tasks.interop.imported_cell import write_cell
-from tasks.interop.record import IMPORTED, ImportRecord, forget_import, record_import
+from tasks.interop.record import ImportRecord, forget_import, record_import
 from tasks.interop.saelens import own_metadata, read_saelens
 from tasks.layout import open_store
 from tasks.sweep.train import CellRef, sweep_folder
@@ -123,7 +123,7 @@ def import_id(model: TopKSAE, domain: str, embedder: str, snapshot: str) -> str:
     for t in (model.W_enc, model.b_lat, model.W_dec, model.b_pre):
         digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     digest.update(json.dumps([model.k, domain, embedder, snapshot]).encode())
-    return f"import-{digest.hexdigest()[:12]}"
+    return f"{IMPORT_PREFIX}{digest.hexdigest()[:12]}"
 
 
 def _embedder(folder: Path, own: dict[str, Any], spec: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from typing import Any
 from infra.settings import Settings
 from infra.store import Store
 from infra.tracking import ensure_experiment, experiment_name
+from tasks.features.locate import IMPORTED
 from tasks.sweep.catalog import index_path, index_sweep
 from tasks.sweep.results import SWEEP_COLUMNS, results_table
 from tasks.sweep.track import (
@@ -33,9 +34,6 @@ from tasks.sweep.track import (
     open_parent,
 )
 from tasks.sweep.train import CellRef
-
-#: The code_version tag of an import: no code of ours decided its weights.
-IMPORTED = "imported"
 
 
 @dataclass(frozen=True)

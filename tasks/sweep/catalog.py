@@ -16,7 +16,7 @@ import dataclasses
 import re
 
 from infra.store import Store, StoreError
-from tasks.features.locate import CellInfo, SweepInfo, find_sweep
+from tasks.features.locate import IMPORT_PREFIX, CellInfo, SweepInfo, find_sweep
 
 INDEX_FILE = "sweep.json"
 #: Bumped when the document changes; a reader skips other versions (MLflow answers them).
@@ -52,7 +52,9 @@ def read_index(store: Store, domain: str, sweep_id: str | None = None) -> SweepI
     found = []
     for path in store.list("sae", f"*/{INDEX_FILE}"):
         doc = _read(store, path)
-        if doc is not None and doc["domain"] == domain and doc["status"] == FINISHED:
+        if doc is None or doc["sweep_id"].startswith(IMPORT_PREFIX):
+            continue  # an import answers only to its own id
+        if doc["domain"] == domain and doc["status"] == FINISHED:
             found.append(doc)
     if not found:
         return None

@@ -239,7 +239,8 @@ def test_export_import_round_trip_searches_like_the_original(swept, tmp_path, mo
         cli("import-sae", str(out), "--domain", "cs.LG", code=1)
     assert imports(store) == [] and import_runs(client) == []
 
-    # The import: a one-cell sweep, the domain's newest, with the original's metrics.
+    # The import: a one-cell sweep with the original's metrics, found by its id; the
+    # domain's own sweep stays the one search and features take by default.
     said = cli("import-sae", str(out), "--domain", "cs.LG")
     sid = said.split(" of sweep ")[1].split()[0]
     assert sid.startswith("import-") and f"imported as {cell} of sweep {sid}" in said
@@ -260,7 +261,7 @@ def test_export_import_round_trip_searches_like_the_original(swept, tmp_path, mo
     )  # fmt: skip
     for name in ("nmse", "act_mean", "l0", "retrieval_recall_at_10"):
         assert child.data.metrics[name] == pytest.approx(original_run.data.metrics[name], rel=1e-4)
-    assert sweep_models("cs.LG", settings)["sweep"] == sid
+    assert sweep_models("cs.LG", settings)["sweep"] == original
 
     # It searches as the original cell does, edited or not.
     engines = [open_engine("cs.LG", cell, s, settings) for s in (original, sid)]

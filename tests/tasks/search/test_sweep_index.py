@@ -81,3 +81,26 @@ def test_the_features_file_name_is_the_features_steps_own():
     from tasks.features.run import DOC_FILE
 
     assert load.DOC_FILE == DOC_FILE
+
+
+def test_an_import_answers_to_its_id_and_never_stands_in_for_the_domains_sweep(store, tmp_path):
+    """In the store's index and in MLflow alike: a newer imported SAE is not the default."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.features.locate import IMPORTED, find_sweep
+
+    client = Client({"parent-ours": "FINISHED", "parent-import-abc": "FINISHED"})
+    catalog.save_index(store, client, sweep("ours", 1))
+    catalog.save_index(store, client, sweep("import-abc", 2))
+    assert catalog.read_index(store, "cs.LG") == sweep("ours", 1)
+    assert catalog.read_index(store, "cs.LG", "import-abc") == sweep("import-abc", 2)
+
+    mlflow = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("arxiv-sae/cs.LG")
+    for sid, version, start in (("ours", "c1234", 1), ("import-abc", IMPORTED, 2)):
+        tags = {"run_kind": "sweep", "sweep_id": sid, "domain": "cs.LG", "code_version": version,
+                "data_snapshot": "snap", "embedder": "minilm-l6-v2"}  # fmt: skip
+        run = mlflow.create_run(experiment, start_time=start, tags=tags)
+        mlflow.set_terminated(run.info.run_id, "FINISHED")
+    assert find_sweep(mlflow, "cs.LG").sweep_id == "ours"
+    assert find_sweep(mlflow, "cs.LG", "import-abc").sweep_id == "import-abc"
