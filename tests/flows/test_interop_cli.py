@@ -20,7 +20,7 @@ from flows.cli import app
 from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
-from tests.environ import environ
+from tests.flows.sweeps import embedded_cs_lg, ray_reporting_to
 
 CS = get_domain("cs.LG")
 SAMPLE = 160
@@ -31,28 +31,14 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def ray_for_module(prefect_api):
-    import ray
-
-    from infra.ray_runtime import ensure_ray
-
-    with environ(PREFECT_API_URL=prefect_api):
-        ensure_ray(get_settings())
+    with ray_reporting_to(prefect_api):
         yield
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
 def embedded_template(tmp_path_factory, arxiv_data, ray_for_module):
     """A store with SAMPLE cs.LG papers ingested and embedded once for the module."""
-    from infra.settings import Settings
-    from tasks.corpus.ingest import ingest_source
-    from tasks.embed.run import embed_domain
-
-    base = tmp_path_factory.mktemp("interop_template")
-    store = Store(str(base / "store"))
-    ingest_source(store, CS, arxiv_data / "cs_lg.jsonl.gz", limit=SAMPLE)
-    embed_domain(store, CS, settings=Settings(home=base / "home", store=store.root))
-    return base / "store"
+    return embedded_cs_lg(tmp_path_factory.mktemp("interop_template"), arxiv_data, SAMPLE)
 
 
 @pytest.fixture

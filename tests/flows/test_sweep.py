@@ -14,6 +14,7 @@ from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tests.environ import environ, thread_in_context
+from tests.flows.sweeps import embedded_cs_lg, ray_reporting_to
 from tests.ray_procs import task_worker_pids
 
 CS = get_domain("cs.LG")
@@ -26,28 +27,14 @@ runner = CliRunner()
 def ray_for_module(prefect_api, s3_endpoint):
     """A local Ray whose workers report task runs to the session's Prefect server (and
     have the S3 test keys in their environment)."""
-    import ray
-
-    from infra.ray_runtime import ensure_ray
-
-    with environ(PREFECT_API_URL=prefect_api):
-        ensure_ray(get_settings())
+    with ray_reporting_to(prefect_api):
         yield
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
 def embedded_template(tmp_path_factory, arxiv_data, ray_for_module):
     """A store with SAMPLE cs.LG papers ingested and embedded once for the module."""
-    from infra.settings import Settings
-    from tasks.corpus.ingest import ingest_source
-    from tasks.embed.run import embed_domain
-
-    base = tmp_path_factory.mktemp("sweep_template")
-    store = Store(str(base / "store"))
-    ingest_source(store, CS, arxiv_data / "cs_lg.jsonl.gz", limit=SAMPLE)
-    embed_domain(store, CS, settings=Settings(home=base / "home", store=store.root))
-    return base / "store"
+    return embedded_cs_lg(tmp_path_factory.mktemp("sweep_template"), arxiv_data, SAMPLE)
 
 
 @pytest.fixture
