@@ -164,6 +164,18 @@ def check_texts(texts: Sequence[str], name: str) -> list[str]:
     return out
 
 
+def make_query_embedder(spec: str = "minilm") -> Embedder:
+    """The embedder of ``spec`` for search queries, on CPU: for the bundled MiniLM a plain
+    torch forward that skips importing transformers (seconds of a cold search), with the
+    vectors :func:`make_embedder` gives in fp32; any other spec as ``make_embedder``."""
+    if spec.strip().lower() == "minilm":
+        from tasks.embed.local import bundled_minilm_path
+        from tasks.embed.query_bert import QueryBert
+
+        return QueryBert(bundled_minilm_path(), MINILM_NAME)
+    return make_embedder(spec, device="cpu")
+
+
 def make_embedder(
     spec: str = "minilm",
     *,

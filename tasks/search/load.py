@@ -24,7 +24,7 @@ from infra.store import Store, StoreError
 from infra.tracking import mlflow_client
 from tasks.corpus.domains import UnknownDomainError, get_domain
 from tasks.corpus.storage import papers_by_id
-from tasks.embed.embedders import make_embedder
+from tasks.embed.embedders import make_query_embedder
 from tasks.embed.manifest import EmbeddingStoreError, Namespace
 from tasks.embed.snapshot import snapshot_by_id
 from tasks.features.locate import FeaturesInputError, SweepInfo, find_sweep
@@ -212,5 +212,5 @@ def _shared_embedder(spec: str):
     """The embedder of ``spec`` that every engine of this process shares."""
     with _lock:
         if spec not in _EMBEDDERS:
-            _EMBEDDERS[spec] = make_embedder(spec, device="cpu")
+            _EMBEDDERS[spec] = make_query_embedder(spec)
         return _EMBEDDERS[spec]

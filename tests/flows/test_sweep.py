@@ -439,7 +439,7 @@ def _check_search(swept, analysed, ids: list[str], x_ND) -> None:
     plain = runner.invoke(app, ["search", query, "--top", "8", "--json"])
     assert plain.exit_code == 0, plain.output
     got = json.loads(plain.stdout)  # the logs went to stderr
-    q = make_embedder("minilm", device="cpu").embed([query])[0]
+    q = make_embedder("minilm", device="cpu", precision="fp32").embed([query])[0]
     scores = x_ND @ q
     want = sorted(range(len(ids)), key=lambda i: -scores[i])[:8]
     assert [h["id"] for h in got["hits"]] == [ids[i] for i in want]
