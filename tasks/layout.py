@@ -58,13 +58,24 @@ def ensure_layout(store: Store) -> None:
         if state is None and not any(old.values()):
             _mark_new(store)
         else:
-            if state is None:
-                _copy(store, old)
-                _write_state(store, "copied")
-            _delete(store, old)
-            _write_state(store, "done")
+            _move(store, old, state)
             log.info("store %s moved to one corpus and one embedding per paper", store.root)
     _checked.add(store.root)
+
+
+def _move(store: Store, old: dict[str, list[str]], state: str | None) -> None:
+    try:
+        if state is None:
+            _copy(store, old)
+            _write_state(store, "copied")
+        _delete(store, old)
+    except FileNotFoundError:
+        # Another process moved the store meanwhile: its deletes ran under this copy. Once
+        # it has recorded the copy, what is left of the old files is only to delete.
+        if _state(store) not in ("copied", "done"):
+            raise
+        _delete(store, _old_files(store))
+    _write_state(store, "done")
 
 
 def _write_state(store: Store, state: str) -> None:

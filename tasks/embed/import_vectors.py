@@ -102,18 +102,17 @@ def import_vectors(
     report = ImportReport(domain.name, name, store.uri(ns.folder))
     run_id = f"import-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     dim: int | None = _known_dim(ns)
-    rejected: list[dict] = []
     for start, ids, vectors in batches:
         if dim is None:
             dim = _first_dim(vectors)
         if dim is not None:
-            _check_dim(ns, spec, dim, vectors)
+            _check_dim(ns, dim, vectors)
         report.read += len(ids)
         good, bad = _check_rows(ids, vectors, dim, start, repeated, keys, domain)
-        rejected += bad
+        # Each batch's rejects are kept before its rows go in: a crash loses neither.
+        _quarantine(store, ns, bad, str(source), report)
         if good:
             _write(store, ns, spec, good, dim, done, run_id, report)
-    _quarantine(store, ns, rejected, str(source), report)
     report.dim = dim or 0
     return report
 
@@ -204,7 +203,7 @@ def _first_dim(vectors: list) -> int | None:
     return next((len(v) for v in vectors if v is not None and len(v) > 0), None)
 
 
-def _check_dim(ns: Namespace, spec: str, dim: int, vectors: list) -> None:
+def _check_dim(ns: Namespace, dim: int, vectors: list) -> None:
     """The file's vectors (the most common length among the first batch's) against the
     namespace's dimension: another one is refused whole, naming both."""
     lengths = [len(v) for v in vectors if v is not None]
@@ -290,7 +289,7 @@ def _record_embedder(ns: Namespace, spec: str, dim: int) -> None:
 
 
 def _quarantine(store: Store, ns: Namespace, rows: list[dict], source: str, report) -> None:
-    report.rejected = len(rows)
+    report.rejected += len(rows)
     for row in rows:
         report.reasons[_reason_kind(row["reason"])] = (
             report.reasons.get(_reason_kind(row["reason"]), 0) + 1
@@ -299,8 +298,8 @@ def _quarantine(store: Store, ns: Namespace, rows: list[dict], source: str, repo
         return
     df = pl.DataFrame([{**r, "source": source} for r in rows], schema=QUARANTINE_SCHEMA)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    rel = f"{ns.folder}/_quarantine/part-{stamp}.parquet"
-    report.quarantine_uri = store.write_parquet(rel, df)
+    store.write_parquet(f"{ns.folder}/_quarantine/part-{stamp}-{uuid.uuid4().hex[:6]}.parquet", df)
+    report.quarantine_uri = store.uri(f"{ns.folder}/_quarantine")
 
 
 def _reason_kind(reason: str) -> str:

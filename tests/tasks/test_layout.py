@@ -137,3 +137,14 @@ def test_a_new_store_is_marked_and_not_listed_again(store):
     layout._checked.discard(store.root)
     layout.ensure_layout(store)
     assert store.read_json(layout.LAYOUT_FILE)["state"] == "done"
+
+
+def test_two_processes_opening_an_old_store_at_once_both_end_with_it_moved(old_store):
+    """The second lists the old files, then the first moves the store and deletes them
+    under the second's copy: the second finds the move done, not an error."""
+    stale = layout._old_files(old_store)
+    layout._move(old_store, layout._old_files(old_store), None)  # the first process
+    with pytest.raises(FileNotFoundError):
+        layout._copy(old_store, stale)  # what the second meets, left to itself
+    layout._move(old_store, stale, None)
+    check_migrated(old_store)
