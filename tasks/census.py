@@ -22,9 +22,7 @@ class DomainCount:
 def domain_census(store: Store, embedder: str) -> list[DomainCount]:
     """Every known domain (taxonomy order, then ``all``) with its papers and the papers
     that have a vector of ``embedder``. One pass over the corpus's ids and categories."""
-    keys = newest_versions(store).select("id", "categories")
-    done = Namespace(store, embedder).read_manifest().select("id").unique()
-    keys = keys.with_columns(pl.col("id").is_in(done["id"].implode()).alias("embedded"))
+    keys = _with_embedded(store, embedder)
     listed = keys.explode("categories").rename({"categories": "category"})
     by_category = {
         row["category"]: row
@@ -53,6 +51,13 @@ def domain_census(store: Store, embedder: str) -> list[DomainCount]:
 CPU_PAPERS_PER_CORE_S = 7.5
 
 
+def _with_embedded(store: Store, embedder: str) -> pl.DataFrame:
+    """[id, categories, embedded]: every paper once, and whether it has a vector."""
+    keys = newest_versions(store).select("id", "categories")
+    done = Namespace(store, embedder).read_manifest().select("id").unique()
+    return keys.with_columns(pl.col("id").is_in(done["id"].implode()).alias("embedded"))
+
+
 def cpu_embedding_warning(
     store: Store, domain: Domain, embedder: str, *, cores: int, gpu: bool, cluster: bool
 ) -> str | None:
@@ -60,13 +65,13 @@ def cpu_embedding_warning(
     papers are waiting, and how long this machine's cores would take. Not a refusal."""
     if domain.kind != "all" or gpu or cluster:
         return None
-    counts = next(c for c in domain_census(store, embedder) if c.domain.kind == "all")
-    waiting = counts.papers - counts.embedded
+    keys = _with_embedded(store, embedder)  # all of arXiv: every paper, no view to take
+    papers, waiting = keys.height, keys.height - int(keys["embedded"].sum())
     if waiting <= 0:
         return None
     hours = waiting / (CPU_PAPERS_PER_CORE_S * cores) / 3600
     return (
-        f"all of arXiv: {counts.papers:,} papers in the corpus, {waiting:,} without a "
+        f"all of arXiv: {papers:,} papers in the corpus, {waiting:,} without a "
         f"vector; embedding them on this machine's {cores} CPU cores takes about "
         f"{hours:,.1f} h (about {CPU_PAPERS_PER_CORE_S * cores:.0f} papers/s). Pass --limit "
         "N for a trial run, or point RAY_ADDRESS at a cluster with GPUs"

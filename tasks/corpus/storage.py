@@ -30,7 +30,7 @@ _KEYS = ("id", "version", "categories")
 QUARANTINE_DIR = "corpus/_quarantine"
 
 
-def _part_name(df: pl.DataFrame, key_column: str) -> str:
+def part_name(df: pl.DataFrame, key_column: str) -> str:
     # Time first so names sort in write order; content hash so two writers never collide.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     digest = hashlib.sha256(
@@ -43,7 +43,7 @@ def _write_part(store: Store, folder: str, df: pl.DataFrame, schema: dict, key: 
     if df.is_empty():
         return None
     df = df.select(list(schema)).cast(schema)
-    return store.write_parquet(f"{folder}/{_part_name(df, key)}", df)
+    return store.write_parquet(f"{folder}/{part_name(df, key)}", df)
 
 
 def write_papers(store: Store, papers: pl.DataFrame) -> str | None:
@@ -51,8 +51,12 @@ def write_papers(store: Store, papers: pl.DataFrame) -> str | None:
     return _write_part(store, CORPUS_DIR, papers, PAPER_SCHEMA, "id")
 
 
-def write_quarantine(store: Store, rejected: pl.DataFrame) -> str | None:
-    return _write_part(store, QUARANTINE_DIR, rejected, QUARANTINE_SCHEMA, "raw")
+def write_quarantine(
+    store: Store, rejected: pl.DataFrame, folder: str = QUARANTINE_DIR
+) -> str | None:
+    """Adds one part of rejected records (the corpus's, or ``folder``'s: imported vectors
+    keep theirs beside them); None when there is nothing to write."""
+    return _write_part(store, folder, rejected, QUARANTINE_SCHEMA, "raw")
 
 
 def newest_versions(store: Store, parts: list[str] | None = None) -> pl.DataFrame:
@@ -107,6 +111,14 @@ def papers_by_id(store: Store, ids: list[str], columns: list[str] | None = None)
     parts = store.list(CORPUS_DIR)
     wanted = newest_versions(store, parts).join(pl.DataFrame({"id": ids}), on="id", how="semi")
     return _read_newest(store, parts, wanted, columns)
+
+
+def papers_in_order(store: Store, ids: list[str], columns: list[str]) -> pl.DataFrame:
+    """``columns`` of ``ids``, one row each in their order, nulls for an id the corpus no
+    longer has (a snapshot's paper since withdrawn: its vector stays, its text is gone)."""
+    papers = papers_by_id(store, ids, columns=list(dict.fromkeys(["id", *columns])))
+    table = pl.DataFrame({"id": ids}).join(papers, on="id", how="left", maintain_order="left")
+    return table.select(columns)
 
 
 def _read_newest(

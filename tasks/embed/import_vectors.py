@@ -22,7 +22,6 @@ SPEC given here, so it must be the embedder that made the vectors.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -36,10 +35,10 @@ import polars as pl
 from infra.store import Store
 from tasks.corpus.domains import Domain
 from tasks.corpus.records import QUARANTINE_SCHEMA
-from tasks.corpus.storage import in_domain, newest_versions, papers_by_id
+from tasks.corpus.storage import in_domain, newest_versions, papers_by_id, write_quarantine
 from tasks.corpus.text import normalise_id
-from tasks.embed.manifest import EmbeddingStoreError, Namespace
-from tasks.embed.run import _manifest_rows, paper_texts
+from tasks.embed.manifest import EmbeddingStoreError, Namespace, manifest_rows
+from tasks.embed.run import paper_texts, vector_part_name
 
 log = logging.getLogger(__name__)
 
@@ -266,16 +265,11 @@ def _write(store, ns, spec, good, dim, done, run_id, report) -> None:
     keep = set(fresh["id"])
     rows = [(i, v) for i, v in good if i in keep]
     shas = [sha[i] for i, _ in rows]
-    key = hashlib.sha256(
-        "\n".join(
-            [ns.embedder, *(f"{i}:{s}" for (i, _), s in zip(rows, shas, strict=True))]
-        ).encode()
-    ).hexdigest()[:16]
-    part = f"part-{key}.parquet"
+    part = vector_part_name(ns.embedder, [i for i, _ in rows], shas)
     _record_embedder(ns, spec, dim)
     ns.write_part(part, [i for i, _ in rows], shas, np.stack([v for _, v in rows]))
     # The manifest part commits the batch: written only once its vectors are.
-    ns.append_manifest(_manifest_rows([i for i, _ in rows], shas, part, run_id))
+    ns.append_manifest(manifest_rows([i for i, _ in rows], shas, part, run_id))
     report.imported += len(rows)
     report.parts += 1
 
@@ -291,15 +285,12 @@ def _record_embedder(ns: Namespace, spec: str, dim: int) -> None:
 def _quarantine(store: Store, ns: Namespace, rows: list[dict], source: str, report) -> None:
     report.rejected += len(rows)
     for row in rows:
-        report.reasons[_reason_kind(row["reason"])] = (
-            report.reasons.get(_reason_kind(row["reason"]), 0) + 1
-        )
-    if not rows:
-        return
+        kind = _reason_kind(row["reason"])
+        report.reasons[kind] = report.reasons.get(kind, 0) + 1
+    folder = f"{ns.folder}/_quarantine"
     df = pl.DataFrame([{**r, "source": source} for r in rows], schema=QUARANTINE_SCHEMA)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    store.write_parquet(f"{ns.folder}/_quarantine/part-{stamp}-{uuid.uuid4().hex[:6]}.parquet", df)
-    report.quarantine_uri = store.uri(f"{ns.folder}/_quarantine")
+    if write_quarantine(store, df, folder):
+        report.quarantine_uri = store.uri(folder)
 
 
 def _reason_kind(reason: str) -> str:

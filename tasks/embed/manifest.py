@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from infra.store import Store
+from tasks.corpus.storage import part_name
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,19 @@ def text_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _manifest_part_name(rows: pl.DataFrame) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    digest = hashlib.sha256(
-        "\n".join(
-            f"{i}:{s}:{p}" for i, s, p in rows.select("id", "text_sha", "part").iter_rows()
-        ).encode()
-    ).hexdigest()[:12]
-    return f"part-{stamp}-{digest}.parquet"
+def manifest_rows(ids: list[str], shas: list[str], part: str, run_id: str) -> pl.DataFrame:
+    """The rows that record ``ids`` (their texts' ``shas``) as embedded in ``part`` now."""
+    now = datetime.now(UTC)
+    return pl.DataFrame(
+        {
+            "id": ids,
+            "text_sha": shas,
+            "part": [part] * len(ids),
+            "run_id": [run_id] * len(ids),
+            "embedded_at": [now] * len(ids),
+        },
+        schema=MANIFEST_SCHEMA,
+    )
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class Namespace:
         if rows.is_empty():
             return None
         rows = rows.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA).sort("id")
-        return self.store.write_parquet(f"{self.manifest_dir}/{_manifest_part_name(rows)}", rows)
+        return self.store.write_parquet(f"{self.manifest_dir}/{part_name(rows, 'id')}", rows)
 
     def compact_manifest(self, at: int = COMPACT_AT) -> None:
         """Merges the manifest's parts into one once there are more than ``at``.

@@ -25,7 +25,7 @@ from infra.retries import WORKER_RETRIES
 from infra.store import Store
 from tasks.corpus.domains import Domain
 from tasks.corpus.storage import CORPUS_DIR, read_papers
-from tasks.embed.manifest import MANIFEST_SCHEMA, Namespace, text_sha
+from tasks.embed.manifest import MANIFEST_SCHEMA, Namespace, manifest_rows, text_sha
 
 log = logging.getLogger(__name__)
 
@@ -85,30 +85,22 @@ def pending_papers(texts: pl.DataFrame, manifest: pl.DataFrame) -> pl.DataFrame:
     return texts.join(done, on=["id", "text_sha"], how="anti").sort("id")
 
 
+def vector_part_name(embedder: str, ids: list[str], shas: list[str]) -> str:
+    """A part of vectors is named by what it holds: the same texts, the same name."""
+    key = hashlib.sha256(
+        "\n".join([embedder, *(f"{i}:{s}" for i, s in zip(ids, shas, strict=True))]).encode()
+    ).hexdigest()[:16]
+    return f"part-{key}.parquet"
+
+
 def plan_shards(pending: pl.DataFrame, shard_size: int, embedder: str) -> list[Shard]:
     shards = []
     for start in range(0, pending.height, shard_size):
         chunk = pending.slice(start, shard_size)
         ids, shas = chunk["id"].to_list(), chunk["text_sha"].to_list()
-        key = hashlib.sha256(
-            "\n".join([embedder, *(f"{i}:{s}" for i, s in zip(ids, shas, strict=True))]).encode()
-        ).hexdigest()[:16]
-        shards.append(Shard(f"part-{key}.parquet", ids, shas, chunk["text"].to_list()))
+        name = vector_part_name(embedder, ids, shas)
+        shards.append(Shard(name, ids, shas, chunk["text"].to_list()))
     return shards
-
-
-def _manifest_rows(ids: list[str], shas: list[str], part: str, run_id: str) -> pl.DataFrame:
-    now = datetime.now(UTC)
-    return pl.DataFrame(
-        {
-            "id": ids,
-            "text_sha": shas,
-            "part": [part] * len(ids),
-            "run_id": [run_id] * len(ids),
-            "embedded_at": [now] * len(ids),
-        },
-        schema=MANIFEST_SCHEMA,
-    )
 
 
 def adopt_orphans(ns: Namespace, manifest: pl.DataFrame, run_id: str) -> pl.DataFrame:
@@ -119,7 +111,7 @@ def adopt_orphans(ns: Namespace, manifest: pl.DataFrame, run_id: str) -> pl.Data
         if part not in named:
             keys = ns.read_part_keys(part)
             rows.append(
-                _manifest_rows(keys["id"].to_list(), keys["text_sha"].to_list(), part, run_id)
+                manifest_rows(keys["id"].to_list(), keys["text_sha"].to_list(), part, run_id)
             )
     return pl.concat(rows) if rows else pl.DataFrame(schema=MANIFEST_SCHEMA)
 
@@ -294,7 +286,7 @@ def embed_domain(
                     failures.append(f"{shard.name} ({len(shard.ids)} papers): {_root_cause(exc)}")
                     continue
                 ns.check_embedder(spec, result["dim"])
-                ns.append_manifest(_manifest_rows(shard.ids, shard.shas, shard.name, run_id))
+                ns.append_manifest(manifest_rows(shard.ids, shard.shas, shard.name, run_id))
                 embedded += result["n"]
                 log.debug(
                     "%s: %d papers in %.1f s (%s)",

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from infra.store import Store
 from sae.codes import encode_matrix
-from tasks.corpus.storage import papers_by_id
+from tasks.corpus.storage import papers_in_order
 from tasks.embed.manifest import Namespace
 from tasks.features import families as fam_mod
 from tasks.features import labels as label_mod
@@ -29,13 +28,12 @@ from tasks.features.browser import render_browser
 from tasks.features.cards import decoder_neighbours, latent_stats
 from tasks.features.codes_store import read_codes, write_codes
 from tasks.features.document import build_document
-from tasks.features.schema import COOCCURS
+from tasks.features.schema import COOCCURS, DOC_FILE
 from tasks.sweep.load import load_cell_model
 
 log = logging.getLogger(__name__)
 
 CODES_FILE = "codes.parquet"
-DOC_FILE = "features.json"
 PAGE_FILE = "browser.html"
 #: One paper in five is held out from label fitting (by a hash of its id, salted apart from
 #: the sweep's own 1-in-20 split) to score the labels.
@@ -131,8 +129,7 @@ def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
 def texts_of(store: Store, ids: list[str]) -> tuple[list[str], list[str]]:
     """Titles and "title\\n\\nabstract" of ``ids``, in their order ("" for a paper gone
     from the corpus since: its code stays, its label evidence is empty)."""
-    papers = papers_by_id(store, ids, columns=["id", "title", "abstract"])
-    table = pl.DataFrame({"id": ids}).join(papers, on="id", how="left", maintain_order="left")
+    table = papers_in_order(store, ids, ["title", "abstract"])
     titles = table["title"].fill_null("").to_list()
     abstracts = table["abstract"].fill_null("").to_list()
     return titles, [f"{t}\n\n{a}" for t, a in zip(titles, abstracts, strict=True)]

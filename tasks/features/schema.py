@@ -34,6 +34,8 @@ significant digits when written.
 
 from __future__ import annotations
 
+#: The file this describes, in a cell's ``features/`` folder.
+DOC_FILE = "features.json"
 VERSION = 1
 TOP_PAPERS = 20
 MIDDLE_PAPERS = 5

@@ -16,18 +16,18 @@ import threading
 import time
 
 import numpy as np
-import polars as pl
 import torch
 
 from infra.settings import Settings, get_settings
 from infra.store import Store, StoreError
 from infra.tracking import mlflow_client
 from tasks.corpus.domains import UnknownDomainError, get_domain
-from tasks.corpus.storage import papers_by_id
+from tasks.corpus.storage import papers_in_order
 from tasks.embed.embedders import make_query_embedder
 from tasks.embed.manifest import EmbeddingStoreError, Namespace
 from tasks.embed.snapshot import snapshot_by_id
 from tasks.features.locate import FeaturesInputError, SweepInfo, find_sweep
+from tasks.features.schema import DOC_FILE
 from tasks.layout import open_store
 from tasks.search.engine import SearchEngine
 from tasks.search.limits import SearchInputError
@@ -36,10 +36,6 @@ from tasks.sweep.load import load_cell_model
 from tasks.sweep.track import CHAMPION
 
 log = logging.getLogger(__name__)
-
-#: ``tasks.features.run.DOC_FILE`` (a test holds them equal), not imported from there:
-#: that module pulls in scipy, 0.25 s of a cold search.
-DOC_FILE = "features.json"
 
 
 def open_engine(
@@ -194,9 +190,7 @@ def _corpus(store: Store, dom, info) -> tuple[list[str], list[str], torch.Tensor
 
 def _titles(store: Store, ids: list[str]) -> list[str]:
     """Titles of ``ids`` in their order ("" for a paper gone from the corpus since)."""
-    papers = papers_by_id(store, ids, columns=["id", "title"])
-    table = pl.DataFrame({"id": ids}).join(papers, on="id", how="left", maintain_order="left")
-    return table["title"].fill_null("").to_list()
+    return papers_in_order(store, ids, ["title"])["title"].fill_null("").to_list()
 
 
 def _embedder(spec: str):

@@ -13,8 +13,7 @@ from tasks.census import cpu_embedding_warning, domain_census
 from tasks.corpus.domains import get_domain
 from tasks.corpus.records import PAPER_SCHEMA
 from tasks.corpus.storage import write_papers
-from tasks.embed.manifest import Namespace
-from tasks.embed.run import _manifest_rows
+from tasks.embed.manifest import Namespace, manifest_rows
 
 PAPERS = {
     "2601.00001": ["cs.LG", "cs.CV"],
@@ -33,7 +32,7 @@ def fill(store, embedded=("2601.00001", "2601.00003")):
     ]  # fmt: skip
     write_papers(store, pl.DataFrame(rows, schema=PAPER_SCHEMA))
     Namespace(store, "toy").append_manifest(
-        _manifest_rows(list(embedded), ["s"] * len(embedded), "part-a.parquet", "r")
+        manifest_rows(list(embedded), ["s"] * len(embedded), "part-a.parquet", "r")
     )
 
 

@@ -5,8 +5,8 @@ import polars as pl
 import pytest
 
 from infra.store import Store
-from tasks.embed.manifest import EmbeddingStoreError, Namespace, text_sha
-from tasks.embed.run import _manifest_rows, adopt_orphans, pending_papers, plan_shards
+from tasks.embed.manifest import EmbeddingStoreError, Namespace, manifest_rows, text_sha
+from tasks.embed.run import adopt_orphans, pending_papers, plan_shards
 
 
 @pytest.fixture
@@ -24,8 +24,8 @@ def test_load_gives_the_newest_vector_of_each_id_sorted(ns):
     ns.write_part("part-a.parquet", ["2", "1"], ["s2", "s1"], a)
     b = unit([[0, 0, 1]])
     ns.write_part("part-b.parquet", ["2"], ["s2new"], b)  # id 2's abstract was revised
-    ns.append_manifest(_manifest_rows(["2", "1"], ["s2", "s1"], "part-a.parquet", "r1"))
-    ns.append_manifest(_manifest_rows(["2"], ["s2new"], "part-b.parquet", "r2"))
+    ns.append_manifest(manifest_rows(["2", "1"], ["s2", "s1"], "part-a.parquet", "r1"))
+    ns.append_manifest(manifest_rows(["2"], ["s2new"], "part-b.parquet", "r2"))
     ids, x = ns.load()
     assert ids == ["1", "2"]
     np.testing.assert_array_equal(x, np.stack([a[1], b[0]]))
@@ -36,7 +36,7 @@ def test_load_gives_the_newest_vector_of_each_id_sorted(ns):
 
 def test_load_of_ids_without_vectors_names_them(ns):
     ns.write_part("part-a.parquet", ["1"], ["s1"], unit([[1, 0, 0]]))
-    ns.append_manifest(_manifest_rows(["1"], ["s1"], "part-a.parquet", "r"))
+    ns.append_manifest(manifest_rows(["1"], ["s1"], "part-a.parquet", "r"))
     with pytest.raises(EmbeddingStoreError, match=r"1 id\(s\).*'9'.*sae embed DOMAIN"):
         ns.load(["1", "9"])
 
@@ -44,7 +44,7 @@ def test_load_of_ids_without_vectors_names_them(ns):
 def test_a_part_the_manifest_does_not_name_is_adopted(ns):
     ns.write_part("part-a.parquet", ["1", "2"], ["s1", "s2"], unit([[1, 0, 0], [0, 1, 0]]))
     ns.write_part("part-b.parquet", ["3"], ["s3"], unit([[0, 0, 1]]))
-    manifest = _manifest_rows(["1", "2"], ["s1", "s2"], "part-a.parquet", "r1")
+    manifest = manifest_rows(["1", "2"], ["s1", "s2"], "part-a.parquet", "r1")
     adopted = adopt_orphans(ns, manifest, "r2")
     assert adopted["id"].to_list() == ["3"] and adopted["part"].to_list() == ["part-b.parquet"]
 
@@ -60,7 +60,7 @@ def test_pending_is_what_has_no_vector_for_its_current_text():
     texts = pl.DataFrame(
         {"id": ["3", "1", "2"], "text": ["c", "a", "b2"], "text_sha": ["sc", "sa", "sb2"]}
     )
-    manifest = _manifest_rows(["1", "2"], ["sa", "sb"], "part-a.parquet", "r")
+    manifest = manifest_rows(["1", "2"], ["sa", "sb"], "part-a.parquet", "r")
     assert pending_papers(texts, manifest)["id"].to_list() == ["2", "3"]
 
 
@@ -79,7 +79,7 @@ def test_shards_cover_everything_once_and_are_named_by_content():
 
 def test_manifest_parts_add_up_and_compaction_keeps_every_row(ns):
     for i in range(5):
-        ns.append_manifest(_manifest_rows([str(i)], [f"s{i}"], f"part-{i}.parquet", f"r{i}"))
+        ns.append_manifest(manifest_rows([str(i)], [f"s{i}"], f"part-{i}.parquet", f"r{i}"))
     before = ns.read_manifest().sort("id")
     assert before.height == 5 and len(ns.store.list(ns.manifest_dir)) == 5
     ns.compact_manifest(at=5)  # not beyond the threshold: left as is

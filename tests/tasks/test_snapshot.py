@@ -10,8 +10,7 @@ from infra.store import Store
 from tasks.corpus.domains import get_domain
 from tasks.corpus.records import PAPER_SCHEMA
 from tasks.corpus.storage import write_papers
-from tasks.embed.manifest import EmbeddingStoreError, Namespace
-from tasks.embed.run import _manifest_rows
+from tasks.embed.manifest import EmbeddingStoreError, Namespace, manifest_rows
 from tasks.embed.snapshot import fix_snapshot, load_snapshot, snapshot_by_id
 
 CS = get_domain("cs.LG")
@@ -22,7 +21,7 @@ def add(ns, name, ids, shas, seed, categories=("cs.LG",)):
     write_papers(ns.store, papers(ids, categories))
     x = np.random.default_rng(seed).normal(size=(len(ids), 4)).astype(np.float32)
     ns.write_part(name, ids, shas, x)
-    ns.append_manifest(_manifest_rows(ids, shas, name, name))
+    ns.append_manifest(manifest_rows(ids, shas, name, name))
     return dict(zip(ids, x, strict=True))
 
 

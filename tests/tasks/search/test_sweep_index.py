@@ -77,12 +77,6 @@ def test_search_asks_mlflow_only_without_an_index_and_indexes_the_newest(store, 
     assert load._find_sweep(None, store, "cs.CV", None)[1] == "MLflow"
 
 
-def test_the_features_file_name_is_the_features_steps_own():
-    from tasks.features.run import DOC_FILE
-
-    assert load.DOC_FILE == DOC_FILE
-
-
 def test_an_import_answers_to_its_id_and_never_stands_in_for_the_domains_sweep(store, tmp_path):
     """In the store's index and in MLflow alike: a newer imported SAE is not the default."""
     from mlflow.tracking import MlflowClient
