@@ -100,7 +100,7 @@ def import_vectors(
     done = ns.read_manifest().select("id", "text_sha").unique()
     report = ImportReport(domain.name, name, store.uri(ns.folder))
     run_id = f"import-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    dim: int | None = _known_dim(ns)
+    dim: int | None = (ns.recorded() or {}).get("dim")
     for start, ids, vectors in batches:
         if dim is None:
             dim = _first_dim(vectors)
@@ -191,13 +191,6 @@ def _read_ids(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _known_dim(ns: Namespace) -> int | None:
-    try:
-        return int(ns.store.read_json(f"{ns.folder}/_embedder.json")["dim"])
-    except FileNotFoundError:
-        return None
-
-
 def _first_dim(vectors: list) -> int | None:
     return next((len(v) for v in vectors if v is not None and len(v) > 0), None)
 
@@ -266,20 +259,12 @@ def _write(store, ns, spec, good, dim, done, run_id, report) -> None:
     rows = [(i, v) for i, v in good if i in keep]
     shas = [sha[i] for i, _ in rows]
     part = vector_part_name(ns.embedder, [i for i, _ in rows], shas)
-    _record_embedder(ns, spec, dim)
+    ns.check_embedder(spec, dim, source="import")  # the dimension was checked above
     ns.write_part(part, [i for i, _ in rows], shas, np.stack([v for _, v in rows]))
     # The manifest part commits the batch: written only once its vectors are.
     ns.append_manifest(manifest_rows([i for i, _ in rows], shas, part, run_id))
     report.imported += len(rows)
     report.parts += 1
-
-
-def _record_embedder(ns: Namespace, spec: str, dim: int) -> None:
-    rel = f"{ns.folder}/_embedder.json"
-    if not ns.store.exists(rel):
-        ns.store.write_json(
-            rel, {"name": ns.embedder, "spec": spec, "dim": dim, "source": "import"}
-        )
 
 
 def _quarantine(store: Store, ns: Namespace, rows: list[dict], source: str, report) -> None:

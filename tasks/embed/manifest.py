@@ -125,13 +125,20 @@ class Namespace:
             self.store.delete(p)
         log.info("merged %d manifest parts of %s", len(parts), self.store.uri(self.folder))
 
-    def check_embedder(self, spec: str, dim: int) -> None:
-        """Refuses to mix vectors of two dimensions under one name; records the first."""
-        rel = f"{self.folder}/_embedder.json"
+    def recorded(self) -> dict | None:
+        """What ``_embedder.json`` says of the vectors (name, spec, dim, and ``source``
+        ``import`` for imported ones); None before the namespace's first vector."""
         try:
-            seen = self.store.read_json(rel)
+            return self.store.read_json(f"{self.folder}/_embedder.json")
         except FileNotFoundError:
-            self.store.write_json(rel, {"name": self.embedder, "spec": spec, "dim": dim})
+            return None
+
+    def check_embedder(self, spec: str, dim: int, *, source: str | None = None) -> None:
+        """Refuses to mix vectors of two dimensions under one name; records the first."""
+        seen = self.recorded()
+        if seen is None:
+            doc = {"name": self.embedder, "spec": spec, "dim": dim}
+            self.store.write_json(f"{self.folder}/_embedder.json", doc | _source(source))
             return
         if seen.get("dim") != dim:
             raise EmbeddingStoreError(
@@ -141,10 +148,7 @@ class Namespace:
 
     def imported(self) -> bool:
         """Whether ``sae import-vectors`` made this namespace (never embedded into then)."""
-        try:
-            return self.store.read_json(f"{self.folder}/_embedder.json").get("source") == "import"
-        except FileNotFoundError:
-            return False
+        return (self.recorded() or {}).get("source") == "import"
 
     def parts(self) -> list[str]:
         return [p.rsplit("/", 1)[1] for p in self.store.list(self.folder)]
@@ -194,3 +198,7 @@ class Namespace:
             return [], np.zeros((0, 0), np.float32)
         table = pl.concat(frames).unique("id", keep="first").sort("id")
         return table["id"].to_list(), table["vector"].to_numpy().astype(np.float32, copy=False)
+
+
+def _source(source: str | None) -> dict:
+    return {} if source is None else {"source": source}

@@ -28,6 +28,7 @@ from sae.checkpoint import CFG_FILE, WEIGHTS_FILE
 from sae.config import parse_cell_name
 from sae.trainer import METRICS_FILE
 from tasks.corpus.domains import UnknownDomainError, get_domain
+from tasks.embed.manifest import Namespace
 from tasks.embed.snapshot import snapshot_by_id
 from tasks.features.locate import CellInfo, FeaturesInputError, SweepInfo, find_sweep
 from tasks.interop import InteropInputError
@@ -133,7 +134,7 @@ def _facts(store: Store, info: SweepInfo, cell: CellInfo, fmt: str, cfg: dict, k
     if retrieval is not None:
         metrics.update(json.loads(retrieval))
     snap = snapshot_by_id(store, get_domain(info.domain), info.embedder, info.data_snapshot)
-    recorded = _optional(store, f"embeddings/{info.embedder}/_embedder.json")
+    recorded = Namespace(store, info.embedder).recorded() or {}
     return CardFacts(
         fmt=fmt,
         domain=info.domain,
@@ -148,7 +149,7 @@ def _facts(store: Store, info: SweepInfo, cell: CellInfo, fmt: str, cfg: dict, k
         n_train=None if snap is None else snap.n_train,
         n_eval=None if snap is None else snap.n_eval,
         embedder=info.embedder,
-        embedder_spec="" if recorded is None else json.loads(recorded).get("spec", ""),
+        embedder_spec=recorded.get("spec", ""),
         train=cfg.get("train"),
         code_version=cfg.get("run", {}).get("code_version", "unknown"),
     )

@@ -141,18 +141,18 @@ def _embedder(folder: Path, own: dict[str, Any], spec: str) -> tuple[str, str]:
 def _check_dimension(
     store: Store, folder: Path, dom: Domain, spec: str, name: str, d_in: int
 ) -> None:
-    rel = f"{Namespace(store, name).folder}/_embedder.json"
-    try:
-        dim = store.read_json(rel).get("dim")
-    except FileNotFoundError:
+    ns = Namespace(store, name)
+    recorded = ns.recorded()
+    if recorded is None:
         raise InteropInputError(
             f"no paper is embedded with {spec!r} in {store.uri('')}; run "
             f"`sae embed {dom.name} --embedder {spec}` first"
-        ) from None
-    if dim != d_in:
+        )
+    if recorded.get("dim") != d_in:
         raise InteropInputError(
-            f"{folder}: the SAE's d_in is {d_in}, but {spec!r} gives {dim}-d vectors "
-            f"({store.uri(rel)}); import it with the embedder it was trained on (--embedder)"
+            f"{folder}: the SAE's d_in is {d_in}, but {spec!r} gives {recorded.get('dim')}-d "
+            f"vectors ({store.uri(ns.folder)}/_embedder.json); import it with the embedder "
+            "it was trained on (--embedder)"
         )
 
 

@@ -10,7 +10,6 @@ latents are those that fire on none of the snapshot's papers, training and held-
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from sae.metrics import evaluate
 from sae.model import TopKSAE
 from sae.retrieval import retrieval_fidelity
 from sae.trainer import METRICS_FILE
-from tasks.sweep.train import DENSITY_FILE, IMPORTANCE_FILE, RETRIEVAL_FILE
+from tasks.sweep.train import DENSITY_FILE, IMPORTANCE_FILE, RETRIEVAL_FILE, npy_bytes
 
 #: metrics.json's ``steps`` and ``seconds``: nothing was trained here.
 _NOT_TRAINED = {"steps": 0, "seconds": 0.0}
@@ -36,8 +35,8 @@ def write_cell(
     model.save(local, run=run)
     never = ~_fired(model, np.concatenate([x_train_ND, x_eval_MD]))
     evaluation = evaluate(model, x_eval_MD, dead_mask_N=never)
-    (local / DENSITY_FILE).write_bytes(_npy(evaluation.density))
-    (local / IMPORTANCE_FILE).write_bytes(_npy(latent_importance(model, x_eval_MD)))
+    (local / DENSITY_FILE).write_bytes(npy_bytes(evaluation.density))
+    (local / IMPORTANCE_FILE).write_bytes(npy_bytes(latent_importance(model, x_eval_MD)))
     retrieval = retrieval_fidelity(model, x_eval_MD, x_train_ND).as_dict()
     (local / RETRIEVAL_FILE).write_text(json.dumps(retrieval))
     payload = {"metrics": evaluation.metrics.as_dict(), **_NOT_TRAINED}
@@ -53,9 +52,3 @@ def _fired(model: TopKSAE, x_ND: np.ndarray, batch_size: int = 4096) -> torch.Te
         _, indices = model.encode(torch.from_numpy(x_ND[start : start + batch_size]))
         fired[indices.reshape(-1)] = True
     return fired
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()

@@ -180,7 +180,7 @@ def _corpus(store: Store, dom, info) -> tuple[list[str], list[str], torch.Tensor
             except EmbeddingStoreError as exc:
                 raise SearchInputError(str(exc), 404) from None
             titles = _titles(store, ids)
-            spec = store.read_json(f"{ns.folder}/_embedder.json")["spec"]
+            spec = ns.recorded()["spec"]
             if len(_CORPORA) >= _CORPORA_KEPT:
                 _CORPORA.pop(next(iter(_CORPORA)))
             vectors = torch.from_numpy(np.require(x, requirements="W"))

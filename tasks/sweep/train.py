@@ -253,7 +253,7 @@ def train_pack(
     for r in results:
         d = out_dir / r.name
         if r.density is not None:  # the final evaluation's; None only for older states
-            atomic_write_bytes(d / DENSITY_FILE, _npy_bytes(r.density))
+            atomic_write_bytes(d / DENSITY_FILE, npy_bytes(r.density))
         _write_importance(d, trainer.model(r.name), x_eval, spec.prune_to)
         if not isinstance(spec.data, MatrixFile):
             # A matrix file's held-out rows are inside its training matrix: no search there.
@@ -270,7 +270,7 @@ def train_pack(
 
 def _write_importance(folder: Path, model, x_eval, prune_to: tuple[int, ...]) -> None:
     importance = latent_importance(model, x_eval)
-    atomic_write_bytes(folder / IMPORTANCE_FILE, _npy_bytes(importance))
+    atomic_write_bytes(folder / IMPORTANCE_FILE, npy_bytes(importance))
     sizes = {m for m in prune_to if m < model.n_latents} | {model.n_latents}
     pruned = pruned_nmse(model, x_eval, np.argsort(-importance, kind="stable"), sizes)
     payload = {str(m): v for m, v in pruned.items()}
@@ -345,7 +345,7 @@ def _write_history(folder: Path, history: dict[int, dict[str, float]]) -> None:
     atomic_write_bytes(folder / HISTORY_FILE, json.dumps(payload).encode())
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array, dtype=np.float32))
     return buf.getvalue()
