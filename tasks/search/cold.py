@@ -49,20 +49,25 @@ def time_runs(args: list[str], runs: int) -> tuple[list[float], str]:
     return seconds, out
 
 
-def start_server(domain: str, log_path: Path) -> tuple[subprocess.Popen, dict]:
-    """``sae serve --port 0 --preload`` for ``domain``, once its engine is ready."""
+def start_server(
+    domain: str, log_path: Path, settings=None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, dict]:
+    """``sae serve --port 0 --preload`` for ``domain``, once its engine is ready; ``env``
+    and ``settings`` (default: this process's) say which home it serves."""
+    settings = settings or get_settings()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [*sae(), "serve", "--port", "0", "--domain", domain, "--preload"],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"sae serve exited {proc.returncode}; its log: {log_path}")
-        server = remote.find(get_settings(), domain)
+        server = remote.find(settings, domain)
         if server and server["pid"] == proc.pid and wait_ready(server, 0.0):
             return proc, server
         time.sleep(0.5)

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from infra.settings import Settings
 from tasks.search import remote
-from tasks.search.cold import stop_server, wait_ready
+from tasks.search.cold import start_server, stop_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -64,20 +63,8 @@ def swept(tmp_path_factory, cs_lg_head) -> Path:
 def serving(home: Path) -> Iterator[None]:
     """`sae serve --port 0 --preload` on ``home``, once its engine is built."""
     log_path = home / "logs" / "serve.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [SAE, "serve", "--port", "0", "--preload"], env=_env(home), stdout=log, stderr=log
-        )
+    proc, _ = start_server("cs.LG", log_path, Settings(home=home), _env(home))
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-5000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-5000:]
-            server = remote.find(Settings(home=home), "cs.LG")
-            if server and server["pid"] == proc.pid and wait_ready(server, 0.0):
-                break
-            time.sleep(0.5)
         yield
     finally:
         stop_server(proc)
