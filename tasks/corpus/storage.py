@@ -95,6 +95,12 @@ def in_domain(keys: pl.DataFrame, domain: Domain) -> pl.DataFrame:
     return keys.join(member, on="categories", how="left").filter("_in").drop("_in")
 
 
+def count_papers(store: Store, domains: list[Domain]) -> dict[str, int]:
+    """Each domain's papers, from one read of the corpus's ids and categories."""
+    keys = newest_versions(store)
+    return {domain.name: in_domain(keys, domain).height for domain in domains}
+
+
 def read_papers(store: Store, domain: Domain, columns: list[str] | None = None) -> pl.DataFrame:
     """Every paper of ``domain`` once: its newest version, sorted by id.
 

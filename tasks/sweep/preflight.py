@@ -13,7 +13,7 @@ from sae.config import ConfigError
 from sae.errors import DataError
 from tasks.corpus.domains import Domain, UnknownDomainError, get_domain
 from tasks.corpus.readers import SourceError, check_source
-from tasks.corpus.storage import CORPUS_DIR, read_papers
+from tasks.corpus.storage import CORPUS_DIR, count_papers
 from tasks.embed.embedders import EmbedderError, embedder_name
 from tasks.embed.run import EmptyCorpusError
 from tasks.embed.snapshot import snapshot_by_id
@@ -32,9 +32,10 @@ def check_sweep_inputs(params: SweepParams, settings: Settings, store: Store) ->
     if params.source:
         check_source(params.source)
     embedder = embedder_name(params.embedder or settings.embedder)
-    for name in params.domains:
-        dom = get_domain(name)
-        if not params.source and read_papers(store, dom, columns=["id"]).is_empty():
+    domains = [get_domain(name) for name in params.domains]
+    counts = {} if params.source else count_papers(store, domains)
+    for dom in domains:
+        if counts.get(dom.name) == 0:
             raise no_papers(store, dom)
         pinned = params.data_snapshot
         if pinned and snapshot_by_id(store, dom, embedder, pinned) is None:

@@ -20,7 +20,7 @@ from infra.store import Store
 from infra.tracking import mlflow_client
 from tasks.corpus.domains import covering, get_domain
 from tasks.corpus.ingest import ingest_source
-from tasks.corpus.storage import read_papers
+from tasks.corpus.storage import count_papers
 from tasks.embed.run import embed_domain
 from tasks.embed.snapshot import Snapshot, fix_snapshot, snapshot_by_id
 from tasks.layout import open_store
@@ -62,12 +62,10 @@ def ensure_corpus(domains: list[str], source: str | None) -> dict[str, int]:
     if source:
         report = ingest_source(store, covering(domains), source)
         log.info("%s", report.summary())
-    counts = {}
-    for name in domains:
-        dom = get_domain(name)
-        counts[name] = read_papers(store, dom, columns=["id"]).height
-        if counts[name] == 0:
-            raise no_papers(store, dom)
+    counts = count_papers(store, [get_domain(name) for name in domains])
+    for name, n in counts.items():
+        if n == 0:
+            raise no_papers(store, get_domain(name))
     return counts
 
 
