@@ -79,13 +79,15 @@ def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
     t0 = time.perf_counter()
     model = load_cell_model(store, job.folder, device, scratch)
     codes_rel = f"{out}/{CODES_FILE}"
+    # The dense vectors [N, d], in the ids' order: the codes come from them, and the
+    # probes and label scores compare against them.
+    ids, x_ND = Namespace(store, job.embedder).load(keys=store.read_parquet(job.snapshot_path))
     if store.exists(codes_rel):
-        ids, codes = read_codes(store, codes_rel, model.n_latents)
+        code_ids, codes = read_codes(store, codes_rel, model.n_latents)
+        if code_ids != ids:
+            raise RuntimeError(f"{codes_rel}: its ids differ from the snapshot's")
     else:
-        rows = store.read_parquet(job.snapshot_path)
-        ids, x = Namespace(store, job.embedder).load(keys=rows)
-        codes = encode_matrix(model, x, device=device)
-        del x
+        codes = encode_matrix(model, x_ND, device=device)
         write_codes(store, codes_rel, ids, codes)
     t_codes = time.perf_counter()
 
