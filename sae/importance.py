@@ -25,6 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from sae.data import as_rows, row_chunks
+
 
 class PowerLawFit(NamedTuple):
     """importance ~ C * rank^-exponent, fitted in log10-log10."""
@@ -40,7 +42,9 @@ def latent_importance(model, x_ND, batch_size: int = 4096) -> np.ndarray:
     """Each latent's importance on ``x_ND`` [N, d] (module doc): float64 [n].
 
     One pass: the top-k codes of every row, their residual, and per selected latent
-    the exact change of the squared error, scattered into its entry.
+    the exact change of the squared error, scattered into its entry. ``x_ND``: a tensor,
+    a numpy array or memmap, or :class:`sae.data.MappedRows`, read ``batch_size`` rows at
+    a time (holding [batch_size, 2d + n] values, whatever N).
     """
     x_ND = _rows(x_ND, batch_size)
     N = x_ND.shape[0]
@@ -50,8 +54,8 @@ def latent_importance(model, x_ND, batch_size: int = 4096) -> np.ndarray:
     rise_N = torch.zeros(model.n_latents, dtype=torch.float64, device=device)
     sum_x = torch.zeros(model.d_in, dtype=torch.float64, device=device)
     sum_x2 = torch.zeros((), dtype=torch.float64, device=device)
-    for start in range(0, N, batch_size):
-        x = x_ND[start : start + batch_size].to(device=device, dtype=torch.float32)
+    for piece in row_chunks(x_ND, batch_size):
+        x = piece.to(device=device, dtype=torch.float32)
         values_BK, indices_BK = model.encode(x)
         residual_BD = x - model.decode(values_BK, indices_BK)
         # A dense [B, n] product bounds memory by B*n, where gathering rows needs B*k*d.
@@ -97,7 +101,7 @@ def pruned_nmse(
     (each row's top k for TopK, the threshold for BatchTopK) picks among the kept latents
     only, then decodes as usual. The pre-activations come from ``model.pre_activations``
     once per batch and serve every m. With ``order = arange(n)`` this is the prefix NMSE
-    of :func:`sae.metrics.prefix_metrics`.
+    of :func:`sae.metrics.prefix_metrics`. ``x_ND`` is read as by :func:`latent_importance`.
     """
     x_ND = _rows(x_ND, batch_size)
     N = x_ND.shape[0]
@@ -115,8 +119,8 @@ def pruned_nmse(
     sq_err = torch.zeros(len(sizes), dtype=torch.float64, device=device)
     sum_x = torch.zeros(model.d_in, dtype=torch.float64, device=device)
     sum_x2 = torch.zeros((), dtype=torch.float64, device=device)
-    for start in range(0, N, batch_size):
-        x = x_ND[start : start + batch_size].to(device=device, dtype=torch.float32)
+    for piece in row_chunks(x_ND, batch_size):
+        x = piece.to(device=device, dtype=torch.float32)
         z_pre_BN = model.pre_activations(x - model.b_pre)
         for s, m in enumerate(sizes):
             values_BK, indices_BK = _select(model, z_pre_BN.masked_fill(rank_N >= m, -math.inf))
@@ -147,10 +151,10 @@ def _select(model, z_BN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.relu(values).masked_fill(~keep, 0.0), indices
 
 
-def _rows(x_ND, batch_size: int) -> torch.Tensor:
+def _rows(x_ND, batch_size: int):
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    x_ND = torch.as_tensor(x_ND)
+    x_ND = as_rows(x_ND)
     if x_ND.ndim != 2 or x_ND.shape[0] == 0:
         raise ValueError(f"need a non-empty [N, d_in] input, got shape {tuple(x_ND.shape)}")
     return x_ND

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from sae.data import as_rows, row_chunks
 from sae.importance import pruned_nmse
 
 
@@ -64,13 +65,18 @@ class Evaluation(NamedTuple):
 @torch.no_grad()
 def evaluate(
     model,
-    x_ND: torch.Tensor | np.ndarray,
+    x_ND,
     batch_size: int = 4096,
     dead_mask_N: torch.Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
 ) -> Evaluation:
-    """Metrics and per-latent densities of ``model`` on ``x_ND`` [N, d_in] (a tensor or
-    numpy array; rows are moved to the model's device per batch).
+    """Metrics and per-latent densities of ``model`` on ``x_ND`` [N, d_in] (a tensor, a
+    numpy array or memmap, or :class:`sae.data.MappedRows`), read ``batch_size`` rows at a
+    time and moved to the model's device per batch: it holds [batch_size, d + n] values,
+    whatever N.
+
+    ``batch_size`` is part of the result, not only of its cost: ``auxk_loss`` is the mean
+    of the batches' AuxK losses (the trainer evaluates at max(batch, 1024) rows).
 
     Sums are accumulated on the device in float64 and read back once at the end.
     The model runs in ``eval()`` mode (BatchTopK selects by its threshold, as at
@@ -78,7 +84,7 @@ def evaluate(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    x_ND = torch.as_tensor(x_ND)
+    x_ND = as_rows(x_ND)
     N = x_ND.shape[0] if x_ND.ndim else 0
     if N == 0:
         raise ValueError(
@@ -100,8 +106,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, N, batch_size):
-            x = x_ND[start : start + batch_size].to(device=device, dtype=torch.float32)
+        for piece in row_chunks(x_ND, batch_size):
+            x = piece.to(device=device, dtype=torch.float32)
             out = model(x, dead_mask_N=dead, compute_dtype=compute_dtype)
             xd = x.double()
             sq_err += (out.x_hat.double() - xd).pow(2).sum()
@@ -154,10 +160,9 @@ class PrefixMetrics(NamedTuple):
 
 
 @torch.no_grad()
-def prefix_metrics(
-    model, x_ND: torch.Tensor | np.ndarray, prefixes, batch_size: int = 4096
-) -> list[PrefixMetrics]:
-    """:class:`PrefixMetrics` of ``model`` cut to each m of ``prefixes`` on ``x_ND`` [N, d].
+def prefix_metrics(model, x_ND, prefixes, batch_size: int = 4096) -> list[PrefixMetrics]:
+    """:class:`PrefixMetrics` of ``model`` cut to each m of ``prefixes`` on ``x_ND`` [N, d]
+    (as :func:`evaluate` reads it, ``batch_size`` rows at a time).
 
     The pre-activations of latents >= m are set to -inf, so the model's own inference
     selection (:meth:`TopKSAE.encode`) picks among the rest. For BatchTopK this equals
@@ -165,7 +170,7 @@ def prefix_metrics(
     freed slots go to the next latents below m, so it differs from the training loss's
     masked reconstruction, and is what the prefix gives on its own.
     """
-    x_ND = torch.as_tensor(x_ND)
+    x_ND = as_rows(x_ND)
     N, n = x_ND.shape[0], model.n_latents
     sizes = sorted({int(m) for m in prefixes})
     if not sizes or sizes[0] < 1 or sizes[-1] > n:

@@ -39,7 +39,16 @@ from sae.config import (
     resolve_dead_threshold,
     to_dict,
 )
-from sae.data import DataError, as_matrix, split
+from sae.data import (
+    DataError,
+    MappedRows,
+    as_matrix,
+    check_rows,
+    row_chunks,
+    rows_within,
+    split,
+    split_rows,
+)
 from sae.metrics import EvalMetrics, evaluate
 from sae.model import TopKSAE, data_median
 from sae.pack import PackEncoder
@@ -107,6 +116,10 @@ class PackTrainer:
     the folders to remote storage, so a restarted worker elsewhere can resume).
     ``train.checkpoint_every_s`` skips epoch-end checkpoints written sooner than that
     after the previous one: short epochs would spend more time saving than training.
+    ``vector_budget_bytes``: the most bytes of embedding rows :meth:`fit` holds in host
+    memory; numpy (memory-mapped) inputs larger than that stay on disk and are read a
+    batch at a time (None: no limit). Either way the cells see the same batches in the
+    same order, so the weights are the same bit for bit.
     """
 
     def __init__(
@@ -119,6 +132,7 @@ class PackTrainer:
         device: str | torch.device | None = None,
         on_log: LogFn | None = None,
         on_checkpoint: CheckpointFn | None = None,
+        vector_budget_bytes: int | None = None,
     ):
         if not configs:
             raise ConfigError("a pack needs at least one cell")
@@ -142,12 +156,16 @@ class PackTrainer:
         )
         self.on_log = on_log
         self.on_checkpoint = on_checkpoint
+        self.vector_budget_bytes = vector_budget_bytes
+        self.streamed = False
+        """Whether the last fit read its rows from disk in pieces (past the budget)."""
         self._last_checkpoint = 0.0
         self._cells: list[_Cell] = []
         self.epoch_seconds: list[float] = []
         """Wall time of each epoch's step loop in the last fit (no init, export or eval)."""
-        self.x_eval: torch.Tensor | None = None
-        """[N_eval, d] the rows the last fit evaluated on (given, or held out by it)."""
+        self.x_eval: torch.Tensor | MappedRows | None = None
+        """[N_eval, d] the rows the last fit evaluated on (given, or held out by it); a
+        :class:`MappedRows` when the fit was streamed."""
         # None keeps the matmul in float32; otherwise the dtype it runs in.
         self._compute_dtype = (
             None if train.compute_dtype == "float32" else getattr(torch, train.compute_dtype)
@@ -155,14 +173,18 @@ class PackTrainer:
 
     # ------------------------------------------------------------------ public
     def fit(self, x, x_eval=None) -> list[CellResult]:
-        """Train every cell to ``train.epochs`` (resuming from ``out_dir`` when possible)."""
-        x = as_matrix(x, self.d_in, "training embeddings")
-        if x_eval is None:
-            if self.train.eval_fraction == 0:
-                raise DataError("no held-out split: pass x_eval or set eval_fraction > 0")
-            x_train, x_eval = split(x, self.train.eval_fraction, self.train.seed)
-        else:
-            x_train, x_eval = x, as_matrix(x_eval, self.d_in, "eval embeddings")
+        """Train every cell to ``train.epochs`` (resuming from ``out_dir`` when possible).
+
+        ``x`` [N, d] (and ``x_eval`` [M, d], else ``train.eval_fraction`` of ``x`` is held
+        out): tensors, numpy arrays or memmaps, or :class:`MappedRows`. Past
+        ``vector_budget_bytes`` the numpy ones are read in pieces (:attr:`streamed`).
+        """
+        if x_eval is None and self.train.eval_fraction == 0:
+            raise DataError("no held-out split: pass x_eval or set eval_fraction > 0")
+        nbytes = _nbytes(x) + (0 if x_eval is None else _nbytes(x_eval))
+        self.streamed = self.vector_budget_bytes is not None and nbytes > self.vector_budget_bytes
+        read = self._mapped if self.streamed else self._in_memory
+        x_train, x_eval = read(x, x_eval)
         self.x_eval = x_eval
         if x_train.shape[0] < 2:
             raise DataError("need at least 2 training rows")
@@ -186,15 +208,17 @@ class PackTrainer:
 
         pending = [c for c in cells if not c.done]
         start = min((c.step for c in pending), default=total)
-        x_dev = x_train.to(self.device) if self._fits_on_device(x_train) else x_train
+        x_dev = self._on_device(x_train)
         for epoch in range(start // steps_per_epoch, self.train.epochs):
-            order = epoch_order(x_train.shape[0], self.train.seed, epoch).to(x_dev.device)
+            order = epoch_order(x_train.shape[0], self.train.seed, epoch)
+            if isinstance(x_dev, torch.Tensor):
+                order = order.to(x_dev.device)
             first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
             t_epoch = time.perf_counter()
             for s in range(first, steps_per_epoch):
                 g = epoch * steps_per_epoch + s
                 rows = order[s * batch : (s + 1) * batch]
-                xb = x_dev[rows].to(self.device, non_blocking=True)
+                xb = _take(x_dev, rows).to(self.device, non_blocking=True)
                 self._pack_step([c for c in pending if g >= c.step], xb)
                 if (
                     self.train.checkpoint_every_steps
@@ -236,15 +260,54 @@ class PackTrainer:
         raise KeyError(f"no cell {name!r} in this pack; cells: {self.names}")
 
     # --------------------------------------------------------------- internals
-    def _fits_on_device(self, x: torch.Tensor) -> bool:
-        if self.device.type != "cuda":
-            return False
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return x.numel() * x.element_size() < 0.25 * free
+    def _in_memory(self, x, x_eval):
+        """(train, eval) as float32 tensors, checked whole."""
+        if isinstance(x, MappedRows):
+            x = x[:]
+        x = as_matrix(x, self.d_in, "training embeddings")
+        if x_eval is None:
+            return split(x, self.train.eval_fraction, self.train.seed)
+        if isinstance(x_eval, MappedRows):
+            x_eval = x_eval[:]
+        return x, as_matrix(x_eval, self.d_in, "eval embeddings")
 
-    def _build_cells(self, x_train: torch.Tensor, total_steps: int) -> list[_Cell]:
+    def _mapped(self, x, x_eval):
+        """(train, eval) as :class:`MappedRows`, checked a piece at a time; a held-out
+        split takes the rows :func:`split` would."""
+        x = _as_mapped(x)
+        chunk = rows_within(self.vector_budget_bytes, 4 * self.d_in, most=65536)
+        check_rows(x, self.d_in, "training embeddings", chunk)
+        if x_eval is None:
+            train_rows, eval_rows = split_rows(
+                x.shape[0], self.train.eval_fraction, self.train.seed
+            )
+            return x.subset(train_rows), x.subset(eval_rows)
+        x_eval = _as_mapped(x_eval)
+        check_rows(x_eval, self.d_in, "eval embeddings", chunk)
+        return x, x_eval
+
+    def _on_device(self, x_train):
+        """The training rows where batches are gathered from: on the GPU when they fit in
+        a quarter of its free memory (a streamed matrix goes up a piece at a time, so
+        the host never holds it whole), else where they are."""
+        if self.device.type != "cuda":
+            return x_train
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if _nbytes(x_train) >= 0.25 * free:
+            return x_train
+        if isinstance(x_train, torch.Tensor):
+            return x_train.to(self.device)
+        x_dev = torch.empty(x_train.shape, dtype=torch.float32, device=self.device)
+        size = rows_within(self.vector_budget_bytes, 4 * self.d_in, most=65536)
+        for start, piece in zip(
+            range(0, x_train.shape[0], size), row_chunks(x_train, size), strict=True
+        ):
+            x_dev[start : start + piece.shape[0]] = piece.to(self.device)
+        return x_dev
+
+    def _build_cells(self, x_train, total_steps: int) -> list[_Cell]:
         g = torch.Generator().manual_seed(self.train.seed)
-        sample = x_train[torch.randperm(x_train.shape[0], generator=g)[:_MEDIAN_SAMPLE]]
+        sample = _take(x_train, torch.randperm(x_train.shape[0], generator=g)[:_MEDIAN_SAMPLE])
         b_pre = data_median(sample, self.train.geometric_median_iters).to(self.device)
         models = []
         for cfg in self.configs:
@@ -389,6 +452,26 @@ class PackTrainer:
             c.metrics = EvalMetrics(**json.loads((d / METRICS_FILE).read_text())["metrics"])
             density = state.get("density")  # absent from states written by older code
             c.density = None if density is None else density.cpu().numpy()
+
+
+def _nbytes(x) -> int:
+    """Bytes of ``x``'s rows as float32, held whole."""
+    return int(np.prod(x.shape)) * 4
+
+
+def _as_mapped(x) -> MappedRows:
+    if isinstance(x, MappedRows):
+        return x
+    if isinstance(x, torch.Tensor):  # already in memory: read in pieces all the same
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise DataError(f"expected a tensor or numpy array, got {type(x).__name__}")
+    return MappedRows(x)
+
+
+def _take(x, rows: torch.Tensor) -> torch.Tensor:
+    """[B, d] rows of ``x`` (a tensor, or :class:`MappedRows` read from disk) in order."""
+    return x.take(rows.cpu()) if isinstance(x, MappedRows) else x[rows]
 
 
 # ------------------------------------------------------- one optimiser step

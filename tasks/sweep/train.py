@@ -20,15 +20,18 @@ import numpy as np
 import torch
 
 from infra.code_version import code_version
+from infra.settings import get_settings
 from infra.store import Store
 from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, atomic_write_bytes
 from sae.config import RunInfo, SAEConfig, TrainConfig, cell_name
+from sae.data import DataError, rows_within
 from sae.importance import latent_importance, pruned_nmse
 from sae.kernels import choose_backend
 from sae.metrics import prefix_metrics
 from sae.planner import plan_packs
 from sae.retrieval import retrieval_fidelity
 from sae.trainer import METRICS_FILE, STATE_FILE, LogFn, PackTrainer
+from tasks.embed.mapped import mapped_snapshot, snapshot_bytes
 from tasks.embed.snapshot import Snapshot, load_snapshot
 from tasks.sweep.config import GridParams, MatrixParams, sweep_id
 from tasks.sweep.matrix import MatrixFile, matrix_file
@@ -44,6 +47,11 @@ PRUNING_FILE = "pruning.json"
 RETRIEVAL_FILE = "retrieval.json"
 """Search with the reconstructions against search with the originals (held-out papers as
 queries over the training papers): :class:`sae.retrieval.RetrievalFidelity`'s metrics."""
+RETRIEVAL_MAX_QUERIES = 2000
+"""Held-out queries retrieval fidelity measures at most (a seeded random sample past
+that; retrieval.json records the sample and each metric's standard error, at most
+0.5 / sqrt(2000) = 0.011 for recall@10). Its cost grows as queries x training rows:
+2.7M training rows with all 140k held-out queries would be ~10^18 multiply-adds."""
 PREFIXES_FILE = "prefixes.json"
 """A Matryoshka cell's prefixes used alone, {m: {"nmse", "dead_fraction"}} on the held-out
 rows (:func:`sae.metrics.prefix_metrics`)."""
@@ -72,6 +80,10 @@ class PackSpec:
     those up to its own n for the comparison with the dedicated cells."""
     n_axis: bool = False
     """The cells are the grid's n-axis Matryoshka cells (:func:`n_axis_spec`)."""
+    vector_budget_bytes: int | None = None
+    """Bytes of embedding vectors the worker holds in memory (``SAE_VECTOR_BUDGET``):
+    past it the snapshot is memory-mapped and every stage reads it in pieces, with the
+    same results. None: no limit."""
 
     def store(self) -> Store:
         return Store(self.store_root, self.storage_options)
@@ -91,9 +103,15 @@ class PackSpec:
 
 
 def sweep_pack(
-    params: GridParams, sweep_id: str, store: Store, snapshot: Snapshot, code_version: str
+    params: GridParams,
+    sweep_id: str,
+    store: Store,
+    snapshot: Snapshot,
+    code_version: str,
+    vector_budget_bytes: int | None = None,
 ) -> PackSpec:
-    """Every cell of ``params`` on a data snapshot (the planner splits it into packs)."""
+    """Every cell of ``params`` on a data snapshot (the planner splits it into packs);
+    ``vector_budget_bytes`` None: the settings' ``SAE_VECTOR_BUDGET``."""
     run = RunInfo(
         embedder=snapshot.embedder,
         data_snapshot=snapshot.id,
@@ -103,12 +121,16 @@ def sweep_pack(
     return PackSpec(
         sweep_id, store.root, store.storage_options, params.cells(), params.train_config(),
         run, snapshot, params.sae_options(), _grid_n(params.cells()),
+        vector_budget_bytes=vector_budget_bytes or get_settings().vector_budget_bytes,
     )  # fmt: skip
 
 
-def matrix_pack(params: MatrixParams, store: Store) -> PackSpec:
+def matrix_pack(
+    params: MatrixParams, store: Store, vector_budget_bytes: int | None = None
+) -> PackSpec:
     """Every cell of ``params`` on one matrix file (``sae train``); the run id, unless
-    given, follows from the data, the training settings and the code, as a sweep id."""
+    given, follows from the data, the training settings and the code, as a sweep id.
+    ``vector_budget_bytes`` None: the settings' ``SAE_VECTOR_BUDGET``."""
     data = matrix_file(params.data, params.limit, params.seed)
     version = code_version()
     run = RunInfo(
@@ -118,6 +140,7 @@ def matrix_pack(params: MatrixParams, store: Store) -> PackSpec:
     return PackSpec(
         run_id, store.root, store.storage_options, params.cells(), params.train_config(), run, data,
         params.sae_options(), _grid_n(params.cells()),
+        vector_budget_bytes=vector_budget_bytes or get_settings().vector_budget_bytes,
     )  # fmt: skip
 
 
@@ -211,13 +234,16 @@ def train_pack(
     """Train the cells of ``spec`` that are not done yet; return every cell's reference.
 
     ``on_log(cell, step, metrics)`` sees the training metrics as they are logged.
+    Past ``spec.vector_budget_bytes`` the snapshot is memory-mapped from .npy files under
+    ``scratch/snapshots`` (written once per snapshot and machine) and training and every
+    evaluation read it in pieces bounded by the budget.
     """
     done = finished_cells(store, spec)
     todo = [(k, n) for k, n in spec.cells if _name(spec, k, n) not in done]
     if not todo:
         return [done[_name(spec, k, n)] for k, n in spec.cells]
 
-    x_train, x_eval = _load(spec, store)
+    x_train, x_eval = _load(spec, store, scratch)
     out_dir = _work_dir(store, spec, scratch)
     names = [_name(spec, k, n) for k, n in todo]
     if not store.is_local:
@@ -246,20 +272,25 @@ def train_pack(
         device=device,
         on_log=log_step,
         on_checkpoint=on_checkpoint,
+        vector_budget_bytes=spec.vector_budget_bytes,
     )
     log.info("%s: training %d cell(s) on %d x %d", spec.label, len(todo), *x_train.shape)
     results = trainer.fit(x_train, x_eval)
+    if trainer.streamed:
+        log.info("%s: read in pieces (past %d bytes)", spec.label, spec.vector_budget_bytes)
     x_eval = trainer.x_eval  # a matrix file's: the rows the trainer held out
+    budget, batch = spec.vector_budget_bytes, spec.train.batch_size
     for r in results:
-        d = out_dir / r.name
+        d, model = out_dir / r.name, trainer.model(r.name)
         if r.density is not None:  # the final evaluation's; None only for older states
             atomic_write_bytes(d / DENSITY_FILE, npy_bytes(r.density))
-        _write_importance(d, trainer.model(r.name), x_eval, spec.prune_to)
+        rows = rows_within(budget, 8 * (model.d_in + model.n_latents), most=4096, least=batch)
+        _write_importance(d, model, x_eval, spec.prune_to, rows)
         if not isinstance(spec.data, MatrixFile):
             # A matrix file's held-out rows are inside its training matrix: no search there.
-            _write_retrieval(d, trainer.model(r.name), x_eval, x_train)
+            _write_retrieval(d, model, x_eval, x_train, budget, batch)
         if r.sae_cfg.arch == "matryoshka":
-            _write_prefixes(d, trainer.model(r.name), x_eval)
+            _write_prefixes(d, model, x_eval, rows)
         # Written after the trainer's final checkpoint, so copy metrics.json up last again.
         on_checkpoint([d])
     if not store.is_local:
@@ -268,24 +299,35 @@ def train_pack(
     return [done[_name(spec, k, n)] for k, n in spec.cells]
 
 
-def _write_importance(folder: Path, model, x_eval, prune_to: tuple[int, ...]) -> None:
-    importance = latent_importance(model, x_eval)
+def _write_importance(folder: Path, model, x_eval, prune_to: tuple[int, ...], rows: int) -> None:
+    """``rows``: held-out rows read at a time (each holds [rows, 2 d + 2 n] floats)."""
+    importance = latent_importance(model, x_eval, batch_size=rows)
     atomic_write_bytes(folder / IMPORTANCE_FILE, npy_bytes(importance))
     sizes = {m for m in prune_to if m < model.n_latents} | {model.n_latents}
-    pruned = pruned_nmse(model, x_eval, np.argsort(-importance, kind="stable"), sizes)
+    order = np.argsort(-importance, kind="stable")
+    pruned = pruned_nmse(model, x_eval, order, sizes, batch_size=rows)
     payload = {str(m): v for m, v in pruned.items()}
     atomic_write_bytes(folder / PRUNING_FILE, json.dumps(payload).encode())
 
 
-def _write_retrieval(folder: Path, model, x_eval, x_train) -> None:
+def _write_retrieval(folder: Path, model, x_eval, x_train, budget: int | None, batch: int):
+    """Past the budget the training rows are searched a block at a time: each block row
+    holds its vector, reconstruction, codes and a column of scores per query chunk."""
     model.eval()  # BatchTopK: its threshold, as at inference
-    fidelity = retrieval_fidelity(model, x_eval, x_train)
-    atomic_write_bytes(folder / RETRIEVAL_FILE, json.dumps(fidelity.as_dict()).encode())
+    chunk = 1024
+    row_bytes = 8 * model.d_in + 24 * model.cfg.code_width + 4 * chunk
+    block = None if budget is None else rows_within(budget, row_bytes, x_train.shape[0], batch)
+    fidelity = retrieval_fidelity(
+        model, x_eval, x_train, chunk=chunk, corpus_block=block, max_queries=RETRIEVAL_MAX_QUERIES
+    )
+    log.info("%s: retrieval %s", folder.name, fidelity.summary())
+    payload = fidelity.as_dict() | fidelity.sampling()
+    atomic_write_bytes(folder / RETRIEVAL_FILE, json.dumps(payload).encode())
 
 
-def _write_prefixes(folder: Path, model, x_eval) -> None:
+def _write_prefixes(folder: Path, model, x_eval, batch_size: int) -> None:
     model.eval()  # BatchTopK inside: its threshold, as at inference
-    rows = prefix_metrics(model, x_eval, model.cfg.prefixes)
+    rows = prefix_metrics(model, x_eval, model.cfg.prefixes, batch_size=batch_size)
     payload = {str(p.n_latents): {"nmse": p.nmse, "dead_fraction": p.dead_fraction} for p in rows}
     atomic_write_bytes(folder / PREFIXES_FILE, json.dumps(payload).encode())
 
@@ -294,10 +336,21 @@ def _grid_n(cells: list[tuple[int, int]]) -> tuple[int, ...]:
     return tuple(sorted({n for _, n in cells}))
 
 
-def _load(spec: PackSpec, store: Store) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(train, eval) rows; a matrix file has no eval split (the trainer holds one out)."""
+def _load(spec: PackSpec, store: Store, scratch: Path):
+    """(train, eval) rows; a matrix file has no eval split (the trainer holds one out).
+    Past the budget, memmaps (a snapshot's through .npy files under ``scratch``)."""
+    budget = spec.vector_budget_bytes
     if isinstance(spec.data, MatrixFile):
+        if budget is not None and spec.data.path.endswith(".npy"):
+            try:
+                x = np.load(spec.data.path, mmap_mode="r")[: spec.data.limit]
+            except (OSError, ValueError) as exc:
+                raise DataError(f"--data {spec.data.path}: cannot map a matrix: {exc}") from exc
+            if x.ndim == 2 and x.shape[0] * x.shape[1] * 4 > budget:
+                return x, None
         return spec.data.load(), None
+    if budget is not None and snapshot_bytes(store, spec.data) > budget:
+        return mapped_snapshot(store, spec.data, scratch / "snapshots")
     x_train, x_eval = load_snapshot(store, spec.data)
     return torch.from_numpy(x_train), torch.from_numpy(x_eval)
 

@@ -1,0 +1,103 @@
+"""A pack past its vector budget trains from the snapshot memory-mapped (.npy files in the
+scratch folder) and writes the same cell as a pack that holds the snapshot in memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from infra.store import Store
+from sae.config import RunInfo, TrainConfig
+from sae.data import sparse_dictionary_data
+from sae.model import TopKSAE
+from tasks.embed.manifest import Namespace, manifest_rows
+from tasks.embed.mapped import mapped_snapshot, snapshot_bytes
+from tasks.embed.snapshot import fix_snapshot, load_snapshot
+from tasks.sweep.train import (
+    DENSITY_FILE,
+    IMPORTANCE_FILE,
+    PRUNING_FILE,
+    RETRIEVAL_FILE,
+    PackSpec,
+    train_pack,
+)
+from tests.tasks.test_snapshot import CS, papers
+
+D = 16
+CELLS = [(4, 64), (3, 32)]
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    """400 cs.LG papers embedded in two parts; one paper revised (and re-embedded) after
+    the snapshot, which must keep its first vector."""
+    from tasks.corpus.storage import write_papers
+
+    store = Store(str(tmp_path_factory.mktemp("budget") / "store"))
+    ns = Namespace(store, "toy")
+    ns.check_embedder("toy", D)
+    ids = [f"2601.{i:05d}" for i in range(400)]
+    x = sparse_dictionary_data(400, D, n_atoms=32, active=3, seed=7).numpy()
+    write_papers(store, papers(ids, ("cs.LG",)))
+    for name, part in (("part-b.parquet", slice(0, 200)), ("part-a.parquet", slice(200, 400))):
+        ns.write_part(name, ids[part], ["s"] * 200, x[part])
+        ns.append_manifest(manifest_rows(ids[part], ["s"] * 200, name, name))
+    snap = fix_snapshot(store, CS, "toy")
+    ns.write_part("part-c.parquet", ids[:1], ["s2"], x[1:2] + 1)
+    ns.append_manifest(manifest_rows(ids[:1], ["s2"], "part-c.parquet", "later"))
+    return store, snap
+
+
+def test_the_mapped_snapshot_holds_the_rows_load_snapshot_gives(snapshot, tmp_path):
+    store, snap = snapshot
+    want_train, want_eval = load_snapshot(store, snap)
+    got_train, got_eval = mapped_snapshot(store, snap, tmp_path)
+    assert isinstance(got_train, np.memmap) and not got_train.flags.writeable
+    np.testing.assert_array_equal(got_train, want_train)
+    np.testing.assert_array_equal(got_eval, want_eval)
+    assert snapshot_bytes(store, snap) == 400 * D * 4
+    # Written once: a second call maps the same files.
+    again, _ = mapped_snapshot(store, snap, tmp_path)
+    assert again.filename == got_train.filename
+
+
+def _pack(store, snap, sweep_id, budget):
+    train = TrainConfig(batch_size=32, lr=3e-3, epochs=1, warmup_steps=0, log_every_steps=0)
+    spec = PackSpec(
+        sweep_id, store.root, {}, CELLS, train, RunInfo(domain="cs.LG", data_snapshot=snap.id),
+        snap, prune_to=(32, 64), vector_budget_bytes=budget,
+    )  # fmt: skip
+    return train_pack(spec, store, _scratch(store) / sweep_id, "cpu")
+
+
+def _scratch(store):
+    return Path(store.root.removeprefix("file://")).parent / "scratch"
+
+
+def test_a_pack_past_its_budget_writes_the_cells_an_in_memory_pack_writes(snapshot):
+    store, snap = snapshot
+    held = _pack(store, snap, "held", budget=400 * D * 4)  # just fits: held in memory
+    streamed = _pack(store, snap, "streamed", budget=4096)  # 64 vectors of 16 floats
+    assert list((_scratch(store) / "streamed" / "snapshots" / "toy").iterdir())
+    assert not (_scratch(store) / "held").exists()  # nothing mapped
+    for a, b in zip(held, streamed, strict=True):
+        assert a.metrics == b.metrics and a.steps == b.steps
+        root = Path(store.root.removeprefix("file://"))
+        wa = TopKSAE.load(root / a.folder).state_dict()
+        wb = TopKSAE.load(root / b.folder).state_dict()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        for name in (DENSITY_FILE, IMPORTANCE_FILE):
+            np.testing.assert_array_equal(
+                np.load(root / a.folder / name), np.load(root / b.folder / name)
+            )
+        for name in (PRUNING_FILE, RETRIEVAL_FILE):
+            assert json.loads(store.read_bytes(f"{a.folder}/{name}")) == json.loads(
+                store.read_bytes(f"{b.folder}/{name}")
+            )
+        retrieval = json.loads(store.read_bytes(f"{b.folder}/{RETRIEVAL_FILE}"))
+        assert retrieval["retrieval_queries"] == retrieval["retrieval_queries_total"] == snap.n_eval
+        assert retrieval["retrieval_recall_at_10_stderr"] == 0.0
