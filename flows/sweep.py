@@ -138,7 +138,7 @@ def sweep(params: SweepParams = SweepParams()) -> list[DomainResult]:  # noqa: B
         snap = fix_data_snapshot(
             domain, embedder, params.limit, params.data_snapshot, params.batch_size
         )
-        sid = sweep_id(params, dom.slug, snap.id, version)
+        sid = sweep_id(params, dom.slug, snap.data_key, version)
         logger.info(
             "%s: sweep %s on snapshot %s (%d train / %d eval)",
             domain,

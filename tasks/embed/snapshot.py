@@ -32,6 +32,12 @@ class Snapshot:
     path: str  # relative to the store root
     uri: str
 
+    @property
+    def data_key(self) -> str:
+        """What the rows' vectors are: the id names the papers and texts only, so two
+        embedders' vectors of the same papers share it."""
+        return f"{self.embedder}/{self.id}"
+
 
 def embedded_in(store: Store, domain: Domain, embedder: str) -> pl.DataFrame:
     """[id, text_sha]: the newest vector of each of the domain's embedded papers."""

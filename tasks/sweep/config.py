@@ -252,10 +252,10 @@ class MatrixParams(GridParams):
         return canonical_name(v)  # cs_lg and cs.LG cells: one name, csLG_{k}_{n}_{batch}
 
 
-def sweep_id(params: GridParams, domain_slug: str, snapshot_id: str, code_version: str) -> str:
+def sweep_id(params: GridParams, domain_slug: str, data_key: str, code_version: str) -> str:
     """Same training settings, data and code: the same id, so a rerun finds its finished
-    cells, and a grid grown by a k or an n trains only the new cells."""
-    key = json.dumps(
-        [params.training_key(), snapshot_id, code_version], sort_keys=True, default=str
-    )
+    cells, and a grid grown by a k or an n trains only the new cells. ``data_key``: the
+    vectors trained on (:attr:`Snapshot.data_key`: embedder and snapshot; a matrix file's
+    content id)."""
+    key = json.dumps([params.training_key(), data_key, code_version], sort_keys=True, default=str)
     return f"{domain_slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
