@@ -1,8 +1,14 @@
 import sys
 
-from sae.bench import aot, grid, kernels, step
+from sae.bench import aot, grid, kernels, stacked, step
 
-_COMMANDS = {"step": step.main, "kernels": kernels.main, "grid": grid.main, "aot": aot.main}
+_COMMANDS = {
+    "step": step.main,
+    "kernels": kernels.main,
+    "grid": grid.main,
+    "aot": aot.main,
+    "stacked": stacked.main,
+}
 
 
 def main(argv: list[str]) -> None:
