@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 
 from infra.retries import WORKER_RETRIES
@@ -59,6 +61,7 @@ def ensure_ray(settings) -> dict[str, float]:
                 # starts with it serve the tasks (one with a runtime_env needs new ones,
                 # each started through an extra Python process).
                 ray.init(num_cpus=os.cpu_count(), **kwargs)
+                _reap_after_raylets()
         except (ConnectionError, RuntimeError, ValueError) as exc:
             if settings.ray_address and _token_refused(exc):
                 raise RayUnavailableError(
@@ -77,6 +80,36 @@ def ensure_ray(settings) -> dict[str, float]:
                 )
             raise RayUnavailableError(f"cannot start or reach {where}: {exc}{hint}") from exc
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def _reap_after_raylets() -> None:
+    """Starts :mod:`infra.ray_reaper` for the raylet of the local Ray just started (this
+    process's child): what its agents would leave running after this process dies."""
+    if not os.path.isdir("/proc"):  # Ray ties a local Ray to its driver on Linux only
+        return
+    for pid in _children(os.getpid(), "raylet"):
+        subprocess.Popen(
+            [sys.executable, "-m", "infra.ray_reaper", str(pid)],
+            # Not this process's output: a caller reading it to its end would wait for
+            # the reaper too.
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _children(parent: int, name: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                head, _, rest = f.read().rpartition(")")
+        except (OSError, ValueError):
+            continue
+        if head.split("(", 1)[-1] == name and int(rest.split()[1]) == parent:
+            pids.append(int(entry))
+    return pids
 
 
 #: Ray Client's head starts one server process per driver; seen on a loaded 2-core head

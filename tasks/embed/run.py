@@ -60,6 +60,7 @@ class EmbedReport:
     seconds: float  # the whole run
     embed_seconds: float  # from the first shard submitted to the last one back (no Ray start)
     run_id: str
+    nodes: int = 0  # Ray nodes that embedded this run's shards
 
     @property
     def rate(self) -> float:
@@ -155,6 +156,7 @@ def embed_shard(
     ns = Namespace(Store(store_root, storage_options), namespace)
     ns.write_part(shard.name, shard.ids, shard.shas, vectors)
     return {
+        "node": _node_id(),
         "part": shard.name,
         "n": len(shard.ids),
         "dim": embedder.dim,
@@ -165,11 +167,26 @@ def embed_shard(
 
 def _assigned_cpus() -> int | None:
     try:
-        import ray
-
-        return max(1, int(ray.get_runtime_context().get_assigned_resources()["CPU"]))
-    except Exception:  # outside Ray (a notebook, a test): the embedder's own default
+        return max(1, int(_ray_context().get_assigned_resources()["CPU"]))
+    except Exception:  # outside a Ray task (a notebook, a test): the embedder's own default
         return None
+
+
+def _node_id() -> str | None:
+    try:
+        return _ray_context().get_node_id()
+    except Exception:  # outside a Ray task, as _assigned_cpus
+        return None
+
+
+def _ray_context():
+    """This task's Ray context; refused outside Ray, where asking Ray for one would start
+    a local Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("not in a Ray task")
+    return ray.get_runtime_context()
 
 
 def _resources(cluster: dict[str, float], gpus: float) -> dict:
@@ -252,12 +269,15 @@ def embed_domain(
 
     embedded = 0
     embed_seconds = 0.0
+    nodes: set[str] = set()
     failures: list[str] = []
     if shards:
         store.check_writable()
         cluster = ensure_ray(settings)
         opts = _resources(cluster, settings.embed_gpus)
-        device = "cuda" if opts["num_gpus"] > 0 else "cpu"
+        # With a GPU share, the node that runs the shard resolves the device (as a pack
+        # does): "auto" is the GPU Ray gave it when torch sees one there.
+        device = settings.device if opts["num_gpus"] > 0 else "cpu"
         # A shard whose worker dies runs again; one that raises is reported below.
         task = ray.remote(embed_shard).options(max_retries=WORKER_RETRIES, **opts)
         t_submit = time.perf_counter()
@@ -288,6 +308,7 @@ def embed_domain(
                 ns.check_embedder(spec, result["dim"])
                 ns.append_manifest(manifest_rows(shard.ids, shard.shas, shard.name, run_id))
                 embedded += result["n"]
+                nodes.add(result["node"])
                 log.debug(
                     "%s: %d papers in %.1f s (%s)",
                     shard.name,
@@ -313,6 +334,7 @@ def embed_domain(
         seconds=time.perf_counter() - t0,
         embed_seconds=embed_seconds,
         run_id=run_id,
+        nodes=len(nodes),
     )
     if failures:
         raise EmbedFailedError(

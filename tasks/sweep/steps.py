@@ -26,6 +26,7 @@ from tasks.embed.snapshot import Snapshot, fix_snapshot, snapshot_by_id
 from tasks.layout import open_store
 from tasks.sweep.config import SweepInputError
 from tasks.sweep.pack_progress import PackReporter, total_steps
+from tasks.sweep.placement import PlacementRecorder, placement_tags, read_placement
 from tasks.sweep.plots import (
     density_histograms,
     importance_plot,
@@ -77,7 +78,9 @@ def ensure_embeddings(domain: str, embedder: str | None, up_to: int | None) -> d
         _store(), get_domain(domain), settings=settings, spec=embedder, up_to=up_to
     )
     if report.embedded:
-        log.info("%s: embedded %d new papers", domain, report.embedded)
+        log.info(
+            "%s: embedded %d new papers on %d Ray node(s)", domain, report.embedded, report.nodes
+        )
     return asdict(report)
 
 
@@ -119,7 +122,8 @@ def train_pack_task(spec: PackSpec) -> list[dict]:
     steps = total_steps(spec.train.epochs, spec.data.n_train, spec.train.batch_size)
     reporter = PackReporter(spec.label, steps)
     store, scratch = spec.store(), settings.home / "scratch"
-    refs = train_pack(spec, store, scratch, settings.torch_device(), reporter)
+    on_log = PlacementRecorder(store, spec.folder, reporter)
+    refs = train_pack(spec, store, scratch, settings.torch_device(), on_log)
     reporter.close()
     return [r.as_dict() for r in refs]
 
@@ -128,8 +132,10 @@ def train_pack_task(spec: PackSpec) -> list[dict]:
 def log_cell_task(ctx, parent_id: str, ref: dict, k: int, n_latents: int) -> dict:
     """The cell's child run and registered model version (each created once)."""
     client = mlflow_client(get_settings())
-    cell = CellRef(**ref)
-    run_id = log_cell(client, _store(), ctx, parent_id, cell)
+    cell, store = CellRef(**ref), _store()
+    run_id = log_cell(client, store, ctx, parent_id, cell)
+    for key, value in placement_tags(read_placement(store, cell.folder)).items():
+        client.set_tag(run_id, key, value)
     version = register_cell(client, ctx, cell, run_id)
     return {"run_id": run_id, "version": version}
 

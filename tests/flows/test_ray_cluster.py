@@ -9,24 +9,16 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.flows.ray_nodes import RayNode, free_port, node_env
+
 REPO = Path(__file__).resolve().parents[2]
-RAY_CLI = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Head:
@@ -74,56 +66,25 @@ def ray_head():
     import ray
 
     ray.shutdown()  # an earlier module's local Ray in this process
-    # Short: Ray's socket paths live under it and must fit in 107 characters.
-    tmp = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))
+    tmp = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))  # short: Ray's sockets
     token = tmp / "auth_token"
     token.write_text(secrets.token_hex(32))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAE_", "RAY_", "PREFECT_"))}
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "OPENAI_API_KEY": "x"}
-    # Ephemeral ports: Ray's worker ports are 10002-19999, and its client server's default
-    # (10001), dashboard's and agent's would clash with a Ray of the developer's.
-    port, client_port = _free_port(), _free_port()
-    log = open(tmp / "head.log", "w")  # noqa: SIM115 - open while the head runs
-    head = subprocess.Popen(
-        [
-            RAY_CLI,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            f"--dashboard-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--ray-client-server-port={client_port}",
-            "--disable-usage-stats",
-            # What a cluster has and this test does not need: seconds of CPU each on 2
-            # cores. The log monitor ships workers' logs to drivers (ours ask for none);
-            # the monitor autoscales (a hidden flag of `ray start`).
-            "--include-log-monitor=false",
-            "--no-monitor",
-            f"--temp-dir={tmp}",
-        ],
-        cwd=tmp,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so that it alone is stopped
-    )
+    port, client_port = free_port(), free_port()
+    args = [
+        "--head",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        f"--dashboard-port={free_port()}",
+        f"--ray-client-server-port={client_port}",
+        "--no-monitor",  # the autoscaler (a hidden flag of `ray start`): nothing to scale
+    ]
+    head = RayNode("head", args, tmp, node_env(token))
     try:
-        # The log line or the head's exit decides; the deadline is only a safety net.
-        deadline = time.monotonic() + 600
-        while "Ray runtime started" not in (tmp / "head.log").read_text():
-            assert head.poll() is None, (tmp / "head.log").read_text()
-            assert time.monotonic() < deadline, "the Ray head did not start in 600 s"
-            time.sleep(0.5)
-        yield Head(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", token, tmp)
+        head.wait_started()
+        yield Head(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", token, head.tmp)
     finally:
-        # `ray stop` would stop every Ray on the machine; this stops the head's group only.
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        log.close()
+        head.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
