@@ -27,6 +27,7 @@ class Attempt:
     node_id: str  # Ray's node id ("" outside Ray)
     host: str
     first_step: int  # the first step this attempt logged: past 0 when it resumed
+    device: str = ""  # what trained: "cuda (NVIDIA H100 80GB HBM3)", "cpu (2 threads)"
 
 
 def this_node() -> tuple[str, str]:
@@ -46,13 +47,14 @@ def read_placement(store: Store, cell_folder: str) -> list[Attempt]:
 
 
 def placement_tags(attempts: list[Attempt]) -> dict[str, str]:
-    """MLflow tags: the node and host that finished the cell, and every attempt."""
+    """MLflow tags: the node, host and device that finished the cell, and every attempt."""
     if not attempts:
         return {}
     last = attempts[-1]
     return {
         "ray_node_id": last.node_id,
         "host": last.host,
+        "device": last.device,
         "train_attempts": json.dumps([asdict(a) for a in attempts]),
     }
 
@@ -64,8 +66,9 @@ class PlacementRecorder:
     The attempts of a pack run one after the other, so each file has one writer at a time.
     """
 
-    def __init__(self, store: Store, folder: str, on_log: LogFn) -> None:
+    def __init__(self, store: Store, folder: str, on_log: LogFn, device: str = "") -> None:
         self._store, self._folder, self._on_log = store, folder, on_log
+        self._device = device
         self._node, self._host = this_node()
         self._seen: set[str] = set()
 
@@ -73,7 +76,8 @@ class PlacementRecorder:
         if cell not in self._seen:
             self._seen.add(cell)
             folder = f"{self._folder}/{cell}"
-            attempts = [*read_placement(self._store, folder), Attempt(self._node, self._host, step)]
+            attempt = Attempt(self._node, self._host, step, self._device)
+            attempts = [*read_placement(self._store, folder), attempt]
             log.info("%s: attempt %d on %s (Ray node %s) from step %d", cell, len(attempts),
                      self._host, self._node[:8] or "-", step)  # fmt: skip
             self._store.write_json(f"{folder}/{PLACEMENT_FILE}", [asdict(a) for a in attempts])

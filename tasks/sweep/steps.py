@@ -46,7 +46,7 @@ from tasks.sweep.track import (
     log_cell,
     register_cell,
 )
-from tasks.sweep.train import CellRef, PackSpec, train_pack
+from tasks.sweep.train import CellRef, PackSpec, device_name, train_pack
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,9 @@ def train_pack_task(spec: PackSpec) -> list[dict]:
     steps = total_steps(spec.train.epochs, spec.data.n_train, spec.train.batch_size)
     reporter = PackReporter(spec.label, steps)
     store, scratch = spec.store(), settings.home / "scratch"
-    on_log = PlacementRecorder(store, spec.folder, reporter)
-    refs = train_pack(spec, store, scratch, settings.torch_device(), on_log)
+    device = settings.torch_device()
+    on_log = PlacementRecorder(store, spec.folder, reporter, device_name(device))
+    refs = train_pack(spec, store, scratch, device, on_log)
     reporter.close()
     return [r.as_dict() for r in refs]
 

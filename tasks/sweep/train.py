@@ -189,14 +189,17 @@ class CellRef:
                 "seconds": self.seconds}  # fmt: skip
 
 
+def device_name(device: str = "auto") -> str:
+    """What ``device`` ("cuda", "cpu", "auto": CUDA if there is one) is, in words."""
+    if device != "cpu" and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def compute_info() -> list[tuple[str, str]]:
     """The device training runs on and the sparse kernels' backend (``sae info``)."""
-    if torch.cuda.is_available():
-        device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)"
-    else:
-        device = f"cpu ({torch.get_num_threads()} threads)"
     backend = choose_backend()
-    return [("device", device), ("kernels", f"{backend.name} ({backend.reason})")]
+    return [("device", device_name()), ("kernels", f"{backend.name} ({backend.reason})")]
 
 
 def sweep_folder(run_id: str) -> str:

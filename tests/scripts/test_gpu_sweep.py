@@ -62,6 +62,8 @@ def test_the_dry_run_sweeps_through_prefect_ray_and_mlflow(tmp_path, cs_lg_head)
     assert report["sweep"]["returncode"] == 0, log[-3000:]
     cells = report["runs"]["cells"]
     assert len(cells) == 2, cells  # k 4, 8 x n 64
-    # 0: every cell run records its device; 3 ("partial"): some do not, and says so
-    assert proc.returncode == (0 if report["runs"]["devices_recorded"] else 3), proc.stdout
-    assert report["status"] in ("ok", "partial") and report["dry_run"] is True
+    # Every cell's run records the device it trained on (the tag of its pack's attempt).
+    assert report["runs"]["devices_recorded"], report["runs"]
+    assert proc.returncode == 0 and report["status"] == "ok", proc.stdout
+    assert all(d.startswith("cpu (") for d in report["runs"]["cells"].values()), report["runs"]
+    assert report["dry_run"] is True

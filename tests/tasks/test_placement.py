@@ -14,7 +14,7 @@ def test_each_attempt_is_noted_once_per_cell_at_its_first_logged_step(tmp_path):
     store = Store(str(tmp_path / "store"))
     seen = []
     for steps in ([10, 20, 30], [40, 50]):  # a first attempt, then a resumed one
-        on_log = PlacementRecorder(store, "sae/s1", lambda *a: seen.append(a))
+        on_log = PlacementRecorder(store, "sae/s1", lambda *a: seen.append(a), "cpu (2 threads)")
         for step in steps:
             for cell in ("c1", "c2"):
                 on_log(cell, step, {"train_nmse": 0.5})
@@ -23,9 +23,10 @@ def test_each_attempt_is_noted_once_per_cell_at_its_first_logged_step(tmp_path):
     host = socket.gethostname()
     for cell in ("c1", "c2"):
         attempts = read_placement(store, f"sae/s1/{cell}")
-        assert attempts == [Attempt("", host, 10), Attempt("", host, 40)]
+        cpu = "cpu (2 threads)"
+        assert attempts == [Attempt("", host, 10, cpu), Attempt("", host, 40, cpu)]
     tags = placement_tags(read_placement(store, "sae/s1/c1"))
-    assert tags["host"] == host and tags["ray_node_id"] == ""
+    assert tags["host"] == host and tags["ray_node_id"] == "" and tags["device"] == cpu
     assert [a["first_step"] for a in json.loads(tags["train_attempts"])] == [10, 40]
 
 
