@@ -3,8 +3,9 @@
 Per domain: find the sweep in MLflow (the newest finished one unless named), choose its
 cells (the champion and, per k, the largest n by default), analyse each unanalysed cell
 as one Ray task (codes of the snapshot's papers, cards, offline labels with held-out
-scores, families, the browser page, all stored next to the cell), then log each cell's
-label and family metrics on its run and its page on the sweep's parent run. Beside them:
+scores, families, arXiv category probes, the browser page, all stored next to the cell),
+then log each cell's label, family and probe metrics on its run and its page (and the
+probes' F1 against k, ``plots/probes_vs_k.png``) on the sweep's parent run. Beside them:
 how features split across n at each k, and, when an earlier sweep of the domain ran on
 other data, how the champion's features compare with the previous champion's.
 """
@@ -31,6 +32,7 @@ from tasks.features.steps import (
     cell_jobs,
     lineage_report,
     llm_labels_task,
+    plot_probes,
     record_cell,
     record_reports,
     splitting_report,
@@ -66,7 +68,7 @@ def features(params: FeaturesParams = FeaturesParams()) -> list[DomainFeatures]:
             "%s: sweep %s, cells %s", domain, info.sweep_id, ", ".join(c.cell for c in cells)
         )
         versions = _versions(client, info, cells)
-        jobs = cell_jobs(store, info, cells, versions)
+        jobs = cell_jobs(store, info, cells, versions, params.clean_rule())
         results = analyse_cells(jobs)
         if params.llm_labels:
             for job in jobs:
@@ -84,6 +86,7 @@ def features(params: FeaturesParams = FeaturesParams()) -> list[DomainFeatures]:
         if prev is not None and info.champion is not None:
             result.lineage = lineage_report(info, prev)
         record_reports(info, result.splitting, result.lineage)
+        plot_probes(info, result.cells)
         create_markdown_artifact(
             markdown=_markdown(result),
             key=artifact_key(f"features-{info.sweep_id}"),
@@ -105,13 +108,14 @@ def _versions(client, info, cells) -> dict[str, str]:
 def _markdown(r: DomainFeatures) -> str:
     lines = [f"## Features of sweep {r.sweep_id} ({r.domain})", ""]
     lines += [
-        "| cell | live | label F1 mean | F1 >= 0.8 | families | page |",
-        "|---|---:|---:|---:|---:|---|",
+        "| cell | live | label F1 mean | F1 >= 0.8 | families | probe F1 k=1 / 16 | dense | page |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for cell, s in r.cells.items():
         lines.append(
             f"| {cell} | {s.get('live_features')} | {s.get('label_f1_mean')} | "
-            f"{s.get('label_f1_ge_0_8')} | {s.get('families')} | {r.pages[cell]} |"
+            f"{s.get('label_f1_ge_0_8')} | {s.get('families')} | {s.get('probe_f1_k1_mean')} / "
+            f"{s.get('probe_f1_k16_mean')} | {s.get('dense_probe_f1_mean')} | {r.pages[cell]} |"
         )
     if r.lineage:
         lines += ["", f"Lineage against {r.lineage['previous_champion']}: {r.lineage['counts']}"]

@@ -60,12 +60,23 @@ def features_text(r) -> str:
         lines.append(
             f"  {cell}: {s['live_features']} live features; labels scored "
             f"{s['labels_scored']}, F1 mean {s['label_f1_mean']}, F1 >= 0.8 "
-            f"{s['label_f1_ge_0_8']}; {s['families']} families"
+            f"{s['label_f1_ge_0_8']}{_by_embedding(s)}; {s['families']} families"
+            + (f" of {s['clean_features']} clean features" if "clean_features" in s else "")
         )
         lines.append(f"    page: {r.pages[cell]}")
     if r.lineage:
         lines.append(f"  against {r.lineage['previous_champion']}: {r.lineage['counts']}")
     return "\n".join(lines)
+
+
+def _by_embedding(s: dict) -> str:
+    """The labels' embedding scores, where the cell has them."""
+    if s.get("label_embed_f1_mean") is None:
+        return ""
+    return (
+        f" (by embedding: F1 mean {s['label_embed_f1_mean']}, "
+        f"F1 >= 0.8 {s['label_embed_f1_ge_0_8']})"
+    )
 
 
 def _check_inputs(params: FeaturesParams, settings) -> None:

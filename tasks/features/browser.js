@@ -50,12 +50,19 @@ function header() {
   const live = S.live_features ?? F.filter(f => !isDead(f)).length;
   const dead = S.dead_features ?? F.length - live;
   const nFam = S.families ?? FAM.size;
+  const by = S.label_score === 'embed' ? 'label_embed' : 'label';
   const figs = [
-    ['live', int(live)], ['dead', int(dead)], ['label F1 mean', fix(S.label_f1_mean, 2)],
-    ['F1 \u2265 0.8', pct(S.label_f1_ge_0_8)], ['Pearson mean', fix(S.label_pearson_mean, 2)],
+    ['live', int(live)], ['dead', int(dead)], ['label F1 mean', fix(S[`${by}_f1_mean`], 2)],
+    ['F1 \u2265 0.8', pct(S[`${by}_f1_ge_0_8`])],
+    ['Pearson mean', fix(S[`${by}_pearson_mean`], 2)],
     ['families', int(nFam)],
   ];
+  if (isNum(S.clean_share)) figs.push(['clean', pct(S.clean_share)]);
   if (isNum(S.family_size_mean)) figs.push(['mean family size', fix(S.family_size_mean, 1)]);
+  if (S.probe_categories) {
+    figs.push(['probe F1 k=1 / 16', `${fix(S.probe_f1_k1_mean, 2)} / ${fix(S.probe_f1_k16_mean, 2)}`],
+      ['dense probe F1', fix(S.dense_probe_f1_mean, 2)]);
+  }
   $('summary').replaceChildren(...figs.map(([k, v]) => h('div', {class: 'fig'},
     h('span', null, k), h('b', null, v))));
   const sel = $('family');
@@ -68,8 +75,21 @@ function header() {
     sel.append(h('option', {value: `f${fam.id}`},
       `family ${fam.id}: #${fam.parent} ${lab} (${fam.members.length})`));
   }
+  categorySelect();
   document.title = `features \u00b7 ${D.cell || D.model || ''}`;
 }
+
+// The arXiv categories some feature is over-represented in, the most such features first.
+function categorySelect() {
+  const count = new Map();
+  for (const f of F) for (const [c] of f.categories || []) count.set(c, (count.get(c) || 0) + 1);
+  const sel = $('category');
+  sel.append(h('option', {value: ''}, 'any arXiv category'));
+  const cats = [...count].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+  for (const [c, n] of cats) sel.append(h('option', {value: c}, `${c} (${n} features)`));
+  sel.hidden = !cats.length;
+}
+const inCategory = (f, c) => (f.categories || []).some(x => x[0] === c);
 
 // ---- the table -----------------------------------------------------------------------
 const KEYS = {
@@ -99,7 +119,7 @@ function filterRows() {
   const q = $('search').value.trim().toLowerCase();
   const m = /^#?(\d+)$/.exec(q);
   if (m) return byId.has(+m[1]) ? [byId.get(+m[1])] : [];  // an id: that one, dead or not
-  const hideDead = $('hide-dead').checked, fam = $('family').value;
+  const hideDead = $('hide-dead').checked, fam = $('family').value, cat = $('category').value;
   const famId = fam.startsWith('f') ? +fam.slice(1) : null;
   const out = [];
   for (let i = 0; i < F.length; i++) {
@@ -107,6 +127,7 @@ function filterRows() {
     if (hideDead && isDead(f)) continue;
     if (fam === 'in' ? f.family == null : fam === 'none' ? f.family != null
       : famId != null && f.family !== famId) continue;
+    if (cat && !inCategory(f, cat)) continue;
     if (q && !terms[i].some(t => t.includes(q))) continue;
     out.push(f);
   }
@@ -242,8 +263,40 @@ function familySection(f) {
 function llmOf(f) {
   if (!f.llm) return [];
   const text = f.llm.error ? h('span', {class: 'too-few'}, f.llm.error)
-    : `${f.llm.label} (F1 ${fix(f.llm.f1, 2)} / r ${fix(f.llm.pearson, 2)})`;
+    : `${f.llm.label} (F1 ${fix(f.llm.f1, 2)} / r ${fix(f.llm.pearson, 2)}` + (isNum(f.llm.embed_f1)
+      ? ` \u00b7 by embedding ${fix(f.llm.embed_f1, 2)} / ${fix(f.llm.embed_pearson, 2)})` : ')');
   return [h('dt', null, 'LLM label'), h('dd', {class: 'llm'}, text)];
+}
+// Lift = P(category | fires) / P(category), and the papers in both.
+function categoriesOf(f) {
+  const cats = f.categories || [];
+  if (!cats.length) return h('span', {class: 'muted'}, 'none over-represented');
+  return cats.map(([c, lift, n], i) => [i ? ' \u00b7 ' : '', h('span', {class: 'cat',
+    title: `P(${c} | fires) / P(${c}) = ${sig(lift)}; ${n} papers`}, c),
+    ` \u00d7${sig(lift, 2)} (${int(n)})`]);
+}
+// The category probes (sparse probing of the codes against the embedding), while no card is open.
+function probeTable() {
+  const rows = D.probes || [];
+  if (!rows.length) return null;
+  const f1 = (o, k) => fix(o && o[k], 2);
+  return h('div', {class: 'probes'}, h('h3', null, 'arXiv category probes (held-out F1)'),
+    h('table', {id: 'probes'}, h('thead', null, h('tr', null,
+      ['category', 'papers', 'best single', 'k=1', 'k=4', 'k=16', 'dense k=16', 'dense all']
+        .map((t, i) => h('th', {class: i ? 'num' : null}, t)))),
+    h('tbody', null, rows.map(p => h('tr', null,
+      h('td', null, p.category), h('td', {class: 'num'}, int(p.papers)),
+      h('td', {class: 'num'}, fLink(p.single.latent), ` ${fix(p.single.f1, 2)}`),
+      h('td', {class: 'num'}, f1(p.sparse_f1, '1')), h('td', {class: 'num'}, f1(p.sparse_f1, '4')),
+      h('td', {class: 'num'}, f1(p.sparse_f1, '16')),
+      h('td', {class: 'num'}, f1(p.dense_f1, '16')), h('td', {class: 'num'}, fix(p.full_f1, 2)))))));
+}
+// The label score is S.label_score's (f1/pearson); the other scorer's pair goes beside it.
+const OTHER = S.label_score === 'embed' ? ['term', 'by terms'] : ['embed', 'by embedding'];
+function otherScore(f) {
+  const f1 = f[`${OTHER[0]}_f1`];
+  return isNum(f1) ? h('span', {class: 'muted'},
+    ` \u00b7 ${OTHER[1]} ${fix(f1, 2)} / ${fix(f[`${OTHER[0]}_pearson`], 2)}`) : null;
 }
 function cardOf(f) {
   const scored = isNum(f.f1) || isNum(f.pearson);
@@ -261,9 +314,10 @@ function cardOf(f) {
         (isNum(count) && Math.round(count) === 1 ? 'paper' : 'papers')),
       h('dt', null, 'mean act'), h('dd', null, sig(f.mean_act)),
       h('dt', null, 'label F1 / Pearson'), h('dd', null, scored
-        ? `${fix(f.f1, 2)} / ${fix(f.pearson, 2)}`
+        ? [`${fix(f.f1, 2)} / ${fix(f.pearson, 2)}`, otherScore(f)]
         : h('span', {class: 'too-few'}, 'too few held-out papers')),
-      ...llmOf(f)),
+      ...llmOf(f),
+      h('dt', null, 'arXiv categories'), h('dd', {class: 'cats'}, categoriesOf(f))),
     h('h3', null, 'Top papers'), paperList(f.top),
     h('h3', null, 'From the middle of its range'), paperList(f.middle),
     h('h3', null, 'Nearest decoder neighbours'), featureList(f.neighbours, v => `cos ${fix(v, 2)}`),
@@ -272,7 +326,7 @@ function cardOf(f) {
   ];
 }
 function hint() {
-  return h('p', {class: 'hint'}, 'Choose a feature to see its card.');
+  return [h('p', {class: 'hint'}, 'Choose a feature to see its card.'), probeTable()];
 }
 function mark() {
   for (const tr of $('features').tBodies[0].rows) {
@@ -296,7 +350,7 @@ function openCard(id, push) {
 }
 function closeCard() {
   state.selected = null;
-  $('card').replaceChildren(hint());
+  $('card').replaceChildren(...hint().filter(Boolean));
   $('card').dataset.feature = '';
   mark();
   setHash('');
@@ -329,6 +383,7 @@ $('search').addEventListener('keydown', e => {
 });
 $('hide-dead').addEventListener('change', apply);
 $('family').addEventListener('change', apply);
+$('category').addEventListener('change', apply);
 $('more').addEventListener('click', () => {
   const from = Math.min(state.shown, state.rows.length);
   state.shown += PAGE;
@@ -367,7 +422,7 @@ document.addEventListener('keydown', e => {
 });
 window.addEventListener('hashchange', fromHash);
 window.addEventListener('popstate', fromHash);
-$('card').replaceChildren(hint());
+$('card').replaceChildren(...hint().filter(Boolean));
 apply();
 fromHash();
 })();

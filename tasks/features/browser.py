@@ -12,10 +12,11 @@ The page's skeleton, style and script are package files beside this module:
 them all, so what it writes is still the one file.
 
 The page: a header with the cell and its summary; a search box (label terms, or ``#id``),
-a "hide dead" switch and a family filter over a sortable table of the features, which
-shows 200 rows at a time; and a card for the chosen feature (``#f{id}`` in the URL): its
-label and scores, top and middle papers, decoder neighbours, co-occurring features, and
-its family as a tree.
+a "hide dead" switch, a family filter and an arXiv category filter (the features
+over-represented in it) over a sortable table of the features, which shows 200 rows at a
+time; and a card for the chosen feature (``#f{id}`` in the URL): its label and scores,
+its over-represented categories, top and middle papers, decoder neighbours, co-occurring
+features, and its family as a tree. With no card open, the cell's category probes.
 """
 
 from __future__ import annotations

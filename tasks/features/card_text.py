@@ -14,6 +14,23 @@ def _refs(doc: dict, pairs: list, what: str) -> list[str]:
     return [f"  #{j:<6} {v:>7.3f}  {_label(doc, j)}" for j, v in pairs] or [f"  (no {what})"]
 
 
+def _categories(f: dict) -> str:
+    """Its over-represented arXiv categories (absent from documents written before them)."""
+    cats = f.get("categories") or []
+    shown = ", ".join(f"{c} x{lift:.1f} ({count} papers)" for c, lift, count in cats)
+    return f"over-represented in: {shown or '(no category)'}"
+
+
+def _other_score(doc: dict, f: dict) -> str:
+    """The scorer beside the label score's (``f1`` is ``summary.label_score``'s; documents
+    written before the embedding scorer have term scores only)."""
+    other = "term" if doc["summary"].get("label_score") == "embed" else "embed"
+    if f.get(f"{other}_f1") is None:
+        return ""
+    by = "by terms" if other == "term" else "by embedding"
+    return f" ({by}: F1 {f[f'{other}_f1']:.2f}, r {f[f'{other}_pearson']:.2f})"
+
+
 def card_text(doc: dict, j: int) -> str:
     n = len(doc["features"])
     if not 0 <= j < n:
@@ -25,12 +42,14 @@ def card_text(doc: dict, j: int) -> str:
         score = "label not scored (too few held-out papers fire it)"
     else:
         score = f"label F1 {f['f1']:.2f}, Pearson r {f['pearson']:.2f} on held-out papers"
+        score += _other_score(doc, f)
     lines = [
         f"feature {j} of {doc['cell']} ({doc['domain']}, sweep {doc['sweep_id']})",
         f"label: {_label(doc, j)}",
         score,
         f"fires on {count} of {doc['n_papers']} papers (density {f['density']}), "
         f"mean activation {f['mean_act']}",
+        _categories(f),
         "",
         "top papers:",
     ]

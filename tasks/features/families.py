@@ -8,6 +8,13 @@ two children heads a family (itself and its descendants up to ``max_depth`` leve
 families whose members overlap with Jaccard > ``merge_jaccard`` are merged. Unlike the
 paper's code, the forest is built once (not again after removing the heads): every node
 with two or more children already heads a family of its own.
+
+As in the paper's code, only "clean" features take part (:func:`clean_features`): a label
+that predicts held-out papers (F1 and Pearson r at least the rule's) on a feature that is
+not too dense (its ``get_clean_labels``: F1 >= 0.8, r >= 0.8, density < 0.2, on LLM labels).
+A feature whose label says little would otherwise join families by co-firing alone. On
+2,000 papers of the cs.LG sample, labels scored by embedding, the defaults (F1 >= 0.5,
+r >= 0.5, density <= 0.2) keep 18-26% of the live features; the paper's 0.8 keeps 2-3%.
 """
 
 from __future__ import annotations
@@ -23,6 +30,33 @@ from scipy.sparse import csgraph
 # Pair contributions per chunk (rows x W^2): bounds the chunk's product at ~2^25 entries
 # (int32 index and count, 8 bytes each) whatever the code width.
 _CHUNK_PAIRS = 1 << 25
+
+
+@dataclass(frozen=True)
+class CleanRule:
+    """Which features may join families; declared with defaults and help in
+    :class:`tasks.features.params.FeaturesParams` (``clean_*``)."""
+
+    min_f1: float
+    min_pearson: float
+    max_density: float
+
+
+def clean_features(
+    f1_N: np.ndarray, pearson_N: np.ndarray, density_N: np.ndarray, rule: CleanRule
+) -> np.ndarray:
+    """[n] bool: live features whose label's held-out F1 and Pearson r reach the rule's and
+    whose density is at most its ``max_density``; an unscored label (NaN) is not clean."""
+    f1 = np.asarray(f1_N, dtype=np.float64)
+    r = np.asarray(pearson_N, dtype=np.float64)
+    density = np.asarray(density_N, dtype=np.float64)
+    # NaN compares False, so an unscored label fails every test.
+    return (
+        (f1 >= rule.min_f1)
+        & (r >= rule.min_pearson)
+        & (density > 0)
+        & (density <= rule.max_density)
+    )
 
 
 def _binary_codes(values_NW: np.ndarray, indices_NW: np.ndarray, n_latents: int) -> sp.csr_matrix:
@@ -333,8 +367,9 @@ def _merge(
     return [Family(id=k, parent=h, members=m, depth=d) for k, (h, m, d) in enumerate(out)]
 
 
-def summarize(families: Families, n_live: int) -> dict:
-    """Counts for ``features.json``'s summary."""
+def summarize(families: Families, n_live: int, clean_N: np.ndarray | None = None) -> dict:
+    """Counts for ``features.json``'s summary; ``clean_N`` ([n] bool, see
+    :func:`clean_features`) adds how many features may join families."""
     sizes = [len(f.members) for f in families.families]
     hist: dict[int, int] = {}
     for s in sorted(sizes):
@@ -346,4 +381,11 @@ def summarize(families: Families, n_live: int) -> dict:
         "family_size_max": int(max(sizes)) if sizes else 0,
         "family_size_hist": hist,
         "in_family_share": in_family / n_live if n_live else 0.0,
-    }
+    } | _clean_counts(clean_N, n_live)
+
+
+def _clean_counts(clean_N: np.ndarray | None, n_live: int) -> dict:
+    if clean_N is None:
+        return {}
+    n_clean = int(np.asarray(clean_N, dtype=bool).sum())
+    return {"clean_features": n_clean, "clean_share": n_clean / n_live if n_live else 0.0}

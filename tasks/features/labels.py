@@ -292,6 +292,33 @@ def balanced_negatives(
     return heldout_H[draws + np.searchsorted(shifted, draws, side="right")]
 
 
+def heldout_test(heldout_H: np.ndarray, pos_held: np.ndarray, latent: int, seed: int) -> np.ndarray:
+    """The held-out papers a latent's label is scored on: its held-out positives
+    ``pos_held`` (sorted) then as many others (:func:`balanced_negatives` drawn by
+    ``default_rng([seed, latent])``), so every scorer of a label sees the same papers."""
+    rng = np.random.default_rng([seed, latent])
+    return np.concatenate([pos_held, balanced_negatives(heldout_H, pos_held, rng)])
+
+
+def heldout_scores(
+    score_H: np.ndarray, threshold: float, act_pos: np.ndarray
+) -> tuple[float, float]:
+    """(F1 of ``score_H >= threshold`` against firing, Pearson r of the score with the
+    activation) on a test set (:func:`heldout_test`) whose first ``len(act_pos)`` papers
+    fire at ``act_pos`` and the rest do not."""
+    score = np.asarray(score_H, dtype=np.float64)
+    fires = np.arange(len(score)) < len(act_pos)
+    act = np.zeros(len(score))
+    act[: len(act_pos)] = act_pos
+    predicted = score >= threshold
+    f1 = _f1(
+        float((predicted & fires).sum()),
+        float((predicted & ~fires).sum()),
+        float((~predicted & fires).sum()),
+    )
+    return f1, _pearson(score, act)
+
+
 @dataclass
 class FeatureLabel:
     latent: int
@@ -402,7 +429,7 @@ def label_features(
                     n_train,
                     heldout_H,
                     min_positives,
-                    np.random.default_rng([seed, latent]),
+                    seed,
                 )
             )
     return labels
@@ -443,7 +470,7 @@ def _score(
     n_train: int,
     heldout_H: np.ndarray,
     min_positives: int,
-    rng: np.random.Generator,
+    seed: int,
 ) -> FeatureLabel:
     rows, acts = _column(codes, latent)
     is_train = train_N[rows]
@@ -480,17 +507,8 @@ def _score(
         ]
         threshold = int(np.argmax(f1_t)) + 1 if k else 1
 
-        negatives = balanced_negatives(heldout_H, pos_held, rng)
-        score = np.concatenate([score_N[pos_held], score_N[negatives]]).astype(np.float64)
-        fires = np.concatenate([np.ones(len(pos_held), bool), np.zeros(len(negatives), bool)])
-        act = np.concatenate([act_held, np.zeros(len(negatives), act_held.dtype)])
-        predicted = score >= threshold
-        label.f1 = _f1(
-            float((predicted & fires).sum()),
-            float((predicted & ~fires).sum()),
-            float((~predicted & fires).sum()),
-        )
-        label.pearson = _pearson(score, act.astype(np.float64))
+        test = heldout_test(heldout_H, pos_held, latent, seed)
+        label.f1, label.pearson = heldout_scores(score_N[test], threshold, act_held)
     finally:
         for papers in lists:
             score_N[papers] = 0

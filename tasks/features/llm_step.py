@@ -16,9 +16,12 @@ import logging
 import numpy as np
 
 from infra.store import Store
+from tasks.embed.manifest import Namespace
 from tasks.features.browser import render_browser
 from tasks.features.codes_store import read_codes
 from tasks.features.document import sig
+from tasks.features.label_scores import score_phrases
+from tasks.features.label_scores import summarize as summarize_embed
 from tasks.features.llm_labels import ChatClient, LabelCache, LLMLabeler
 from tasks.features.locate import require_label_api
 from tasks.features.run import CODES_FILE, DOC_FILE, PAGE_FILE, CellJob, label_holdout, texts_of
@@ -26,6 +29,23 @@ from tasks.features.run import CODES_FILE, DOC_FILE, PAGE_FILE, CellJob, label_h
 log = logging.getLogger(__name__)
 
 TOP, OTHERS, HELDOUT_FIRING, HELDOUT = 10, 10, 5, 10
+
+
+def _embed_scores(store, job: CellJob, doc: dict, ids, codes, heldout, results) -> dict:
+    """The LLM labels scored by their embedding as the term labels are (``embed_f1`` and
+    ``embed_pearson`` of each ``llm``; ``llm_embed_*`` in the summary)."""
+    phrases = {r.latent: r.label for r in results if r.label}
+    ns = Namespace(store, job.embedder)
+    x_ids, x_ND = ns.load(keys=store.read_parquet(job.snapshot_path))
+    if x_ids != ids:
+        raise RuntimeError(f"{job.cell}: the codes' ids differ from the snapshot's")
+    scores, skipped = score_phrases(ns, phrases, x_ND, codes, heldout)
+    for j, score in scores.items():
+        llm = doc["features"][j]["llm"]
+        llm["embed_f1"] = sig(score.f1) if score.f1 is not None else None
+        llm["embed_pearson"] = sig(score.pearson) if score.pearson is not None else None
+    skip = {"llm_embed_skipped": int(skipped is not None)}
+    return summarize_embed(list(scores.values()), prefix="llm_embed") | skip
 
 
 def llm_label_cell(job: CellJob, settings, n_features: int, seed: int = 0) -> dict:
@@ -82,6 +102,7 @@ def llm_label_cell(job: CellJob, settings, n_features: int, seed: int = 0) -> di
                 "error": result.error,
             }
         totals = labeler.totals()
+    embedded = _embed_scores(store, job, doc, ids, codes, heldout, results)
     scored = [r.f1 for r in results if r.f1 is not None]
     summary = {
         "llm_model": settings.label_model,
@@ -93,6 +114,7 @@ def llm_label_cell(job: CellJob, settings, n_features: int, seed: int = 0) -> di
         "llm_completion_tokens": totals.completion_tokens,
         "llm_cached": totals.cached,
         "llm_cost": sig(totals.cost) if totals.cost is not None else None,
+        **{k: sig(v) if isinstance(v, float) else v for k, v in embedded.items()},
     }
     doc["summary"].update(summary)
     store.write_bytes(f"{out}/{PAGE_FILE}", render_browser(doc).encode())

@@ -20,14 +20,18 @@ import numpy as np
 
 from infra.store import Store
 from sae.codes import encode_matrix
+from tasks.corpus.domains import get_domain
 from tasks.corpus.storage import papers_in_order
 from tasks.embed.manifest import Namespace
 from tasks.features import families as fam_mod
 from tasks.features import labels as label_mod
+from tasks.features import probing
 from tasks.features.browser import render_browser
 from tasks.features.cards import decoder_neighbours, latent_stats
+from tasks.features.categories import categories_of, over_represented
 from tasks.features.codes_store import read_codes, write_codes
-from tasks.features.document import build_document
+from tasks.features.document import add_categories, build_document
+from tasks.features.label_scores import score_cell
 from tasks.features.schema import COOCCURS, DOC_FILE
 from tasks.sweep.load import load_cell_model
 
@@ -53,6 +57,7 @@ class CellJob:
     cell: str
     folder: str
     model: str  # the registered model version, shown on the page
+    clean: fam_mod.CleanRule  # which features may join families
 
     def features_folder(self) -> str:
         return f"{self.folder}/features"
@@ -94,19 +99,26 @@ def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
     titles, texts = texts_of(store, ids)
     stats = latent_stats(codes)
     terms = label_mod.TermMatrix.build(texts)
+    heldout = label_holdout(ids)
     labels = label_mod.label_features(
-        terms, codes.values_NW, codes.indices_NW, codes.n_latents, label_holdout(ids)
+        terms, codes.values_NW, codes.indices_NW, codes.n_latents, heldout
     )
+    scores = score_cell(Namespace(store, job.embedder), labels, x_ND, codes, heldout)
     counts = fam_mod.cooccurrence(codes.values_NW, codes.indices_NW, codes.n_latents)
     live = stats.counts_N > 0
-    families = fam_mod.build_families(counts, eligible=live)
+    clean = fam_mod.clean_features(scores.f1_N, scores.pearson_N, stats.density, job.clean)
+    families = fam_mod.build_families(counts, eligible=live & clean)
     cooccurs = fam_mod.top_cooccurring_all(counts, COOCCURS)
     neighbours = decoder_neighbours(model.W_dec.detach().cpu())
+    cats = categories_of(store, ids)
+    probes = probing.probe_categories(ids, cats, get_domain(job.domain), codes, x_ND, device)
     summary = {
         "live_features": int(live.sum()),
         "dead_features": int((~live).sum()),
         **label_mod.summarize(labels),
-        **fam_mod.summarize(families, int(live.sum())),
+        **scores.summary(),
+        **fam_mod.summarize(families, int(live.sum()), clean),
+        **probing.summarize(probes),
         "codes_seconds": round(t_codes - t0, 2),
         "analysis_seconds": round(time.perf_counter() - t_codes, 2),
     }
@@ -118,7 +130,10 @@ def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
         "n_latents": model.n_latents,
         "model": job.model,
     }
-    doc = build_document(meta, ids, titles, stats, labels, neighbours, cooccurs, families, summary)
+    doc = build_document(
+        meta, ids, titles, stats, labels, neighbours, cooccurs, families, summary, scores, clean
+    )
+    add_categories(doc, over_represented(codes, cats), [p.as_json() for p in probes])
     # The page first: features.json marks the cell done.
     store.write_bytes(f"{out}/{PAGE_FILE}", render_browser(doc).encode())
     payload = json.dumps(doc, separators=(",", ":"))

@@ -19,6 +19,7 @@ from infra.settings import get_settings
 from infra.store import Store
 from tasks.embed.snapshot import snapshot_by_id
 from tasks.features import lineage
+from tasks.features.families import CleanRule
 from tasks.features.locate import CellInfo, SweepInfo
 from tasks.features.run import DOC_FILE, PAGE_FILE, CellJob, analyse_cell
 from tasks.sweep.load import load_cell_model
@@ -27,7 +28,9 @@ from tasks.sweep.track import model_name
 log = logging.getLogger(__name__)
 
 
-def cell_jobs(store: Store, info: SweepInfo, cells: list[CellInfo], versions: dict) -> list:
+def cell_jobs(
+    store: Store, info: SweepInfo, cells: list[CellInfo], versions: dict, clean: CleanRule
+) -> list:
     from tasks.corpus.domains import get_domain
     from tasks.features.locate import FeaturesInputError
 
@@ -48,6 +51,7 @@ def cell_jobs(store: Store, info: SweepInfo, cells: list[CellInfo], versions: di
             cell=c.cell,
             folder=c.folder(info.sweep_id),
             model=versions.get(c.cell, model_name(info.domain, c.k, c.n_latents, c.n_axis)),
+            clean=clean,
         )
         for c in cells
     ]
@@ -185,6 +189,26 @@ def lineage_report(info: SweepInfo, prev: SweepInfo) -> dict:
         "champion": new.cell,
         "counts": result.counts(),
     }
+
+
+@task(name="plot-probes")
+def plot_probes(info: SweepInfo, summaries: dict[str, dict]) -> bool:
+    """The cells' category-probe F1 against k (:func:`tasks.sweep.plots.probe_plot`) on the
+    sweep's parent run, beside its other plots; False when no cell has probes."""
+    from infra.tracking import mlflow_client
+    from tasks.sweep.plots import probe_plot
+
+    rows = [
+        {"k": c.k, "n_latents": c.n_latents, **summaries[c.cell]}
+        for c in info.cells
+        if summaries.get(c.cell, {}).get("probe_categories")
+    ]
+    if not rows:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        path = probe_plot(rows, Path(tmp) / "probes_vs_k.png", domain=info.domain)
+        mlflow_client(get_settings()).log_artifact(info.parent_run_id, str(path), "plots")
+    return True
 
 
 @task(name="record-lineage")

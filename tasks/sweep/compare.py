@@ -21,6 +21,16 @@ from tasks.sweep.results import results_table
 # nmse, log_feature_density, act_mean, dead_fraction: EvalMetrics lists these four first;
 # ``metrics=METRIC_NAMES`` adds the rest.
 DEFAULT_METRICS = METRIC_NAMES[:4]
+#: What the features flow logs on a cell's run (its label's and its category probes'
+#: held-out F1, :mod:`tasks.features.probing`): a table shows each some cell has.
+FEATURE_METRICS = (
+    "label_f1_mean",
+    "label_embed_f1_mean",
+    "probe_single_f1_mean",
+    "probe_f1_k1_mean",
+    "probe_f1_k16_mean",
+    "dense_probe_f1_mean",
+)
 
 _PAGE = 1000
 
@@ -183,13 +193,16 @@ def runs_table(
     Columns: domain, sweep (first 12 characters), k, n, the ``metrics`` (nmse and
     act mean to 4 decimals, log FD and dead to 3; ``-`` when not logged), the run
     status (FINISHED, FAILED, RUNNING, ...) and ``champion`` (``*`` on the run tagged
-    ``champion=true``). Rows are sorted by domain, sweep, k, n.
+    ``champion=true``). Rows are sorted by domain, sweep, k, n. After the metrics, each of
+    ``FEATURE_METRICS`` that some row has (the features flow ran on its cell).
     Raises ``LookupError`` when no experiment or run matches.
     """
     metrics = tuple(metrics)
-    rows = cell_rows(client_or_tracking_uri, domains, sweep_id, metrics)
+    extra = tuple(m for m in FEATURE_METRICS if m not in metrics)
+    rows = cell_rows(client_or_tracking_uri, domains, sweep_id, (*metrics, *extra))
+    shown = tuple(m for m in extra if any(not math.isnan(r[m]) for r in rows))
     return results_table(
-        rows, ("domain", "sweep_id", "k", "n_latents", *metrics, "status", "champion")
+        rows, ("domain", "sweep_id", "k", "n_latents", *metrics, *shown, "status", "champion")
     )
 
 
@@ -218,6 +231,7 @@ def latest_sweep_id(client_or_tracking_uri, domain: str) -> str | None:
 __all__ = [
     "DEFAULT_METRICS",
     "EXPERIMENT_PREFIX",
+    "FEATURE_METRICS",
     "cell_rows",
     "experiment_name",
     "latest_sweep_id",

@@ -217,17 +217,23 @@ def importance_plot(
     if not importances:
         raise ValueError("importance_plot: no cells to plot (empty mapping)")
     fig, (ax,) = _figure(width=7.2, height=4.8)
+    drawn = False
     for colour, (label, values) in zip(
         _colours(len(importances)), importances.items(), strict=True
     ):
         imp = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))[::-1]
         rank = np.arange(1, imp.size + 1)
         keep = imp > 0  # also drops NaN
+        if not keep.any():  # e.g. a toy sweep whose every removal lowers the NMSE
+            ax.plot([], [], color=colour, label=f"{label} (no latent with importance > 0)")
+            continue
         fit = power_law_fit(imp)
         legend = f"{label} (exponent {fit.exponent:.2f}, R² {fit.r2:.2f})"
         ax.plot(rank[keep], imp[keep], color=colour, linewidth=1.2, label=legend)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+        drawn = True
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     ax.set_xlabel("rank (by importance)")
     ax.set_ylabel("importance: NMSE rise when removed alone")
     ax.set_title(title or "Latent importance per cell")
@@ -316,6 +322,49 @@ def retrieval_plot(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def probe_plot(
+    rows: Iterable[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    probe_ks: Sequence[int] = (1, 4, 16),
+    domain: str | None = None,
+) -> Path:
+    """Held-out F1 of the arXiv category probes against the probe's k, one line per cell
+    (colour: n; marker: the SAE's k): k latents of the codes (solid), k coordinates of the
+    embedding (dashed, grey: the same for every cell of one snapshot) and the logistic
+    probe on the whole embedding (dotted, the ceiling). ``rows`` hold ``k``,
+    ``n_latents`` and the features summary's ``probe_f1_k{k}_mean``,
+    ``dense_probe_f1_k{k}_mean`` and ``dense_probe_f1_mean``
+    (:mod:`tasks.features.probing`); rows without probes are left out."""
+    rows = [r for r in rows if math.isfinite(_float(r.get(f"probe_f1_k{probe_ks[0]}_mean")))]
+    if not rows:
+        raise ValueError("probe_plot: no cell with category probes to plot")
+    fig, (ax,) = _figure(width=6.4, height=4.6)
+    ns = sorted({int(r["n_latents"]) for r in rows})
+    sae_ks = sorted({int(r["k"]) for r in rows})
+    markers = dict(zip(sae_ks, "os^Dvp*h" * len(sae_ks), strict=False))
+    colour = dict(zip(ns, _colours(len(ns)), strict=True))
+    for r in sorted(rows, key=lambda r: (int(r["n_latents"]), int(r["k"]))):
+        n, k = int(r["n_latents"]), int(r["k"])
+        f1 = [_float(r.get(f"probe_f1_k{p}_mean")) for p in probe_ks]
+        ax.plot(probe_ks, f1, marker=markers[k], color=colour[n], label=f"k={k}, n={n}")
+    dense = [_float(rows[0].get(f"dense_probe_f1_k{p}_mean")) for p in probe_ks]
+    ax.plot(probe_ks, dense, ls="--", marker="x", color="0.45", label="embedding, k coords")
+    ceiling = _float(rows[0].get("dense_probe_f1_mean"))
+    if math.isfinite(ceiling):
+        ax.axhline(ceiling, ls=":", color="0.3", label="embedding, all coords")
+    _log2_axis(ax, list(probe_ks))
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("k (latents or coordinates the probe reads)")
+    ax.set_ylabel("mean held-out F1 over arXiv categories")
+    cats = _float(rows[0].get("probe_categories"))
+    of = f" ({int(cats)} categories)" if math.isfinite(cats) else ""
+    ax.set_title(f"Sparse probing{of}" + (f": {domain}" if domain else ""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
 def _log2_axis(ax, values: list[int]) -> None:
     """A log2 x axis labelled at exactly the grid's values (k or n), with room around a
     single value."""
@@ -330,6 +379,7 @@ __all__ = [
     "density_histograms",
     "importance_plot",
     "pareto_plot",
+    "probe_plot",
     "pruning_plot",
     "training_curves",
 ]

@@ -20,7 +20,7 @@ import pytest
 
 from tasks.features.browser import ARXIV_ABS, embed_json, render_browser
 from tests.browser.browser import UI, browser, chromium, screenshot_dir
-from tests.tasks.features.docs import HOSTILE_TITLE, TERMS, demo_document
+from tests.tasks.features.docs import CATEGORIES, HOSTILE_TITLE, TERMS, demo_document
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -133,7 +133,9 @@ def test_feature_browser_filters_sorts_and_opens_cards(page_file, doc):
     with browser(shots) as ui:
         _offline(ui)
         _load(ui, page_file)
-        ui.expect(doc["cell"], doc["model"], "hide dead")
+        ui.expect(doc["cell"], doc["model"], "hide dead", "arXiv category probes")
+        # With no card open, the category probes: one row each.
+        assert ui.page.locator("#probes tbody tr").count() == len(doc["probes"])
         assert _row_ids(ui) == [f["id"] for f in live]  # hide dead: on by default
         assert ui.page.inner_text("#showing").startswith(f"showing {len(live)} of {len(live)}")
         ui.check("1-table")
@@ -155,6 +157,26 @@ def test_feature_browser_filters_sorts_and_opens_cards(page_file, doc):
         _search(ui, str(live[3]["id"]))
         assert _row_ids(ui) == [live[3]["id"]]
         _search(ui, "")
+        assert len(_row_ids(ui)) == len(live)
+
+        # An arXiv category: the live features over-represented in it, then any again.
+        def over(f, c):
+            return any(x[0] == c for x in f["categories"])
+
+        by_cat = {c: [f["id"] for f in live if over(f, c)] for c in CATEGORIES}
+        cat = max((c for c in CATEGORIES if len(by_cat[c]) < len(live)), key=by_cat.get)
+        options = ui.page.eval_on_selector_all("#category option", "os => os.map(o => o.text)")
+        assert f"{cat} ({sum(over(f, cat) for f in feats)} features)" in options
+        ui.page.select_option("#category", cat)
+        ui.wait_for(f"document.getElementById('showing').dataset.matched == {len(by_cat[cat])}")
+        assert _row_ids(ui) == by_cat[cat] and len(by_cat[cat]) >= 2
+        ui.page.click(f"{ROWS}[data-id='{by_cat[cat][0]}']")
+        _card(ui, by_cat[cat][0])
+        shown = ui.page.inner_text("#card dd.cats")
+        assert cat in shown and f"({feats[by_cat[cat][0]]['categories'][0][2]})" in shown
+        ui.check("2b-category")
+        ui.page.click("#card [data-close]")
+        ui.page.select_option("#category", "")
         assert len(_row_ids(ui)) == len(live)
 
         # Sorting: the densest first, then (again) the sparsest first; F1 with "–" last.

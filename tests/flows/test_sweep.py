@@ -13,6 +13,7 @@ from flows.cli import app
 from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
+from tasks.search.limits import MAX_STRENGTH
 from tests.environ import environ, thread_in_context
 from tests.flows.sweeps import embedded_cs_lg, ray_reporting_to
 from tests.ray_procs import task_worker_pids
@@ -361,9 +362,24 @@ def test_features_of_a_sweep_and_their_lineage_after_new_papers(sweep_store):
 
         metrics = client.get_run(runs[cell].info.run_id).data.metrics
         assert {"label_f1_mean", "labels_scored", "families", "live_features"} <= set(metrics)
+        # Labels scored by their MiniLM embedding too, the label score shown; clean features.
+        embed_keys = {"label_embed_f1_mean", "label_embed_pearson_mean", "clean_share"}
+        assert embed_keys <= set(metrics) and metrics["label_embed_skipped"] == 0
+        assert doc["summary"]["label_score"] == "embed"
+        assert all(f["f1"] == f["embed_f1"] for f in doc["features"])
+        in_family = {m for fam in doc["families"] for m in fam["members"]}
+        assert all(doc["features"][m]["clean"] for m in in_family)
+        # The arXiv category probes: cs.CV, cs.AI and cs.CL have 50+ of the 240 papers.
+        assert {p["category"] for p in doc["probes"]} == {"cs.CV", "cs.AI", "cs.CL"}
+        assert metrics["probe_categories"] == 3
+        for name in ("probe_single_f1_mean", "probe_f1_k1_mean", "probe_f1_k16_mean"):
+            assert 0 <= metrics[name] <= 1
+        assert 0 < metrics["dense_probe_f1_mean"] <= 1
     logged = {a.path for a in client.list_artifacts(parent_id, "features")}
     assert {f"features/{c}.html" for c in report.cells} <= logged
     assert "features/splitting.json" in logged and report.lineage is None
+    plots = {a.path for a in client.list_artifacts(parent_id, "plots")}
+    assert "plots/probes_vs_k.png" in plots
     assert "csLG_8_32_32->csLG_8_64_32" in report.splitting
 
     # `sae feature` prints a card of the champion from what is stored.
@@ -448,10 +464,12 @@ def _check_search(swept, analysed, ids: list[str], x_ND) -> None:
 
     n_latents = int(swept.champion.split("_")[2])
     absent = next(i for i in range(n_latents) if i not in {f["id"] for f in got["features"]})
-    raised = runner.invoke(app, ["search", query, "--boost", f"{absent}=20", "--json"])
+    raised = runner.invoke(
+        app, ["search", query, "--boost", f"{absent}={MAX_STRENGTH:g}", "--json"]
+    )
     assert raised.exit_code == 0, raised.output
     feats = {f["id"]: f for f in json.loads(raised.stdout)["features"]}
-    assert feats[absent]["edited"] and feats[absent]["strength"] == 20
+    assert feats[absent]["edited"] and feats[absent]["strength"] == MAX_STRENGTH
 
     text = runner.invoke(app, ["search", query, "--top", "3", "--suppress", str(absent)])
     assert text.exit_code == 0 and text.output.count("https://arxiv.org/abs/") == 3

@@ -15,6 +15,13 @@ SWEEP_A = "a1b2c3d4e5f6a7b8-older"
 SWEEP_B = "ffee00112233-newer"
 SWEEP_C = "c0ffee00c0ffee00"
 T0 = 1_700_000_000_000  # ms
+#: What the features flow logged on the astro-ph cell (no single-feature probe score).
+FEATURES = {
+    "label_f1_mean": 0.31,
+    "probe_f1_k1_mean": 0.42,
+    "probe_f1_k16_mean": 0.6125,
+    "dense_probe_f1_mean": 0.7,
+}
 
 
 def _parent(client, experiment_id, domain, sweep_id, start_time):
@@ -108,7 +115,7 @@ def tracking(tmp_path_factory):
 
     astro = client.create_experiment("arxiv-sae/astro-ph")
     c = _parent(client, astro, "astro-ph", SWEEP_C, T0)
-    _cell(client, astro, c, 128, 12288, _metrics(0.0936, -2.7025, 0.0399, 0.001))
+    _cell(client, astro, c, 128, 12288, {**_metrics(0.0936, -2.7025, 0.0399, 0.001), **FEATURES})
 
     client.create_experiment("arxiv-sae/math.AG")  # exists, but no runs
     other = client.create_experiment("someone-else")  # not ours: never listed
@@ -178,6 +185,16 @@ def test_all_domains(tracking):
     body = _table_rows(runs_table(uri))[2:]
     assert [r[0] for r in body] == ["astro-ph"] + ["cs.LG"] * 5  # not "someone-else"
     assert body[0][1:5] == ["c0ffee00c0ff", "128", "12288", "0.0936"]
+
+
+def test_feature_metrics_are_columns_where_a_cell_has_them(tracking):
+    uri, _ = tracking
+    rows = _table_rows(runs_table(uri, domains="astro-ph"))
+    assert rows[0][8:] == [*FEATURES, "status", "champion"]
+    assert rows[2][8:12] == ["0.31", "0.42", "0.6125", "0.7"]
+    # Beside cells without them: "-" there.
+    body = _table_rows(runs_table(uri))[2:]
+    assert body[1][8:12] == ["-"] * 4 and body[0][8:12] == rows[2][8:12]
 
 
 def test_other_metrics(tracking):

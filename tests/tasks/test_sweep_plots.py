@@ -12,6 +12,7 @@ from tasks.sweep.plots import (
     density_histograms,
     importance_plot,
     pareto_plot,
+    probe_plot,
     pruning_plot,
     retrieval_plot,
     training_curves,
@@ -134,6 +135,8 @@ def test_importance_plot_edge_cases(tmp_path):
     assert_png(importance_plot(mixed, tmp_path / "mixed.png"))
     none_positive = {"k4-n32": np.zeros(8), "k8-n32": np.array([0.2, 0.1, 0.05])}
     assert_png(importance_plot(none_positive, tmp_path / "dead.png"))
+    # A sweep whose every cell has none (a toy sweep) still gets its plot, not an error.
+    assert_png(importance_plot({"k4-n32": np.zeros(8)}, tmp_path / "all-dead.png"))
     with pytest.raises(ValueError, match="empty"):
         importance_plot({}, tmp_path / "x.png")
 
@@ -174,3 +177,22 @@ def test_retrieval_plot(tmp_path):
     assert_png(retrieval_plot(one, tmp_path / "one.png"))
     with pytest.raises(ValueError, match="no rows"):
         retrieval_plot([], tmp_path / "x.png")
+
+
+def test_probe_plot(tmp_path):
+    dense = {
+        "dense_probe_f1_k1_mean": 0.2,
+        "dense_probe_f1_k4_mean": 0.4,
+        "dense_probe_f1_k16_mean": 0.6,
+        "dense_probe_f1_mean": 0.8,
+        "probe_categories": 5,
+    }
+    rows = [
+        {"k": k, "n_latents": n, **dense, "probe_f1_k1_mean": 0.3 + k / 400,
+         "probe_f1_k4_mean": 0.45, "probe_f1_k16_mean": 0.55 + n / 1e5}
+        for k in (16, 32) for n in (1024, 2048)
+    ]  # fmt: skip
+    unprobed = {"k": 64, "n_latents": 1024, "probe_categories": 0}
+    assert_png(probe_plot([*rows, unprobed], tmp_path / "probes.png", domain="cs.LG"))
+    with pytest.raises(ValueError, match="no cell with category probes"):
+        probe_plot([unprobed], tmp_path / "x.png")

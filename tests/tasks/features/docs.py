@@ -4,6 +4,8 @@
 the document meets: dead features, live features whose label has no held-out scores,
 families two levels deep (with a parent and children outside the family, as the spanning
 forest gives them), and a paper title with markup in it (paper 0, feature 0's top paper).
+Live features are over-represented in up to three of :data:`CATEGORIES` (drawn from a
+generator of their own, so the rest of the document is what it was before they were).
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ TERMS = [
 ]
 
 
+CATEGORIES = ["cs.CV", "cs.CL", "cs.AI", "stat.ML", "cs.RO", "math.OC"]
+
+
 def _sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
@@ -75,9 +80,17 @@ def _others(rng: random.Random, n: int, j: int, m: int) -> list[int]:
     return [i for i in rng.sample(range(n), min(n, m + 1)) if i != j][:m]
 
 
+def _categories(rng: random.Random) -> list[list]:
+    """Up to three (category, lift, count), the highest lift first."""
+    picked = rng.sample(CATEGORIES, rng.randint(0, 3))
+    lifts = sorted((_sig(rng.uniform(1.1, 9.0)) for _ in picked), reverse=True)
+    return [[c, lift, rng.randint(5, 60)] for c, lift in zip(picked, lifts, strict=True)]
+
+
 def demo_document(n_latents: int = 60, n_papers: int = 200, seed: int = 0) -> dict[str, Any]:
     """A ``features.json`` document over ``n_latents`` features and ``n_papers`` papers."""
     rng = random.Random(seed)
+    cat_rng = random.Random(seed + 1_000)
     papers = [{"id": f"24{i // 99_999 + 1:02d}.{i % 99_999 + 1:05d}"} for i in range(n_papers)]
     for i, paper in enumerate(papers):
         words = rng.sample(TERMS, 4)
@@ -124,6 +137,7 @@ def demo_document(n_latents: int = 60, n_papers: int = 200, seed: int = 0) -> di
                 "family": None,
                 "parent": None,
                 "children": [],
+                "categories": [] if j in dead else _categories(cat_rng),
             }
         )
 
@@ -170,6 +184,19 @@ def demo_document(n_latents: int = 60, n_papers: int = 200, seed: int = 0) -> di
         "papers": papers,
         "features": features,
         "families": families,
+        "probes": [
+            {
+                "category": c,
+                "papers": 50 + 10 * i,
+                "heldout": 10 + 2 * i,
+                "single": {"latent": i, "f1": _sig(0.5 - 0.05 * i)},
+                "latents": list(range(i, i + 16)),
+                "sparse_f1": {"1": _sig(0.5 - 0.05 * i), "4": 0.6, "16": 0.7},
+                "dense_f1": {"1": 0.3, "4": 0.5, "16": 0.65},
+                "full_f1": 0.8,
+            }
+            for i, c in enumerate(CATEGORIES[:3])
+        ],
         "summary": {
             "live": len(live),
             "dead": n_latents - len(live),
@@ -178,5 +205,9 @@ def demo_document(n_latents: int = 60, n_papers: int = 200, seed: int = 0) -> di
             "label_pearson_mean": _sig(sum(pearson) / len(pearson)) if pearson else None,
             "families": len(families),
             "family_size_mean": _sig(sum(sizes) / len(sizes)) if sizes else 0.0,
+            "probe_categories": 3,
+            "probe_f1_k1_mean": 0.45,
+            "probe_f1_k16_mean": 0.7,
+            "dense_probe_f1_mean": 0.8,
         },
     }

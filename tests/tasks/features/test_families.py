@@ -9,7 +9,9 @@ import pytest
 import scipy.sparse as sp
 
 from tasks.features.families import (
+    CleanRule,
     build_families,
+    clean_features,
     cooccurrence,
     maximum_spanning_forest,
     summarize,
@@ -290,3 +292,48 @@ def test_summarize_counts():
     }
     empty = summarize(build_families(sp.csr_matrix((5, 5), dtype=np.int32)), n_live=0)
     assert empty["families"] == 0 and empty["in_family_share"] == 0.0
+
+
+def test_clean_features_need_every_threshold():
+    rule = CleanRule(min_f1=0.6, min_pearson=0.5, max_density=0.2)
+    f1 = np.array([0.9, 0.59, 0.9, 0.9, np.nan, 0.6, 0.9])
+    r = np.array([0.8, 0.8, 0.49, 0.8, 0.8, 0.5, 0.8])
+    density = np.array([0.1, 0.1, 0.1, 0.21, 0.1, 0.2, 0.0])
+    # Below F1, below r, too dense, unscored, at every bound (kept), dead.
+    assert clean_features(f1, r, density, rule).tolist() == [
+        True, False, False, False, False, True, False,
+    ]  # fmt: skip
+
+
+def test_features_below_the_clean_rule_stay_out_of_families_but_keep_their_links():
+    C, (P, C1, C2, C3, G), _ = _planted(np.random.default_rng(2))
+    n = C.shape[0]
+    density = C.diagonal() / 3000
+    f1 = np.full(n, 0.9)
+    f1[C2] = 0.3  # C2's label predicts little: not clean
+    clean = clean_features(f1, np.full(n, 0.9), density, CleanRule(0.5, 0.5, 0.5))
+    assert not clean[C2] and clean[[P, C1, C3, G]].all()
+    fam = build_families(C, eligible=clean)
+    f = next(x for x in fam.families if x.parent == P)
+    assert f.members == [P, C1, C3, G]
+    assert fam.family[C2] == -1 and fam.parent[C2] == -1
+    s = summarize(fam, n_live=int((density > 0).sum()), clean_N=clean)
+    assert s["clean_features"] == int(clean.sum()) == 34
+    assert s["clean_share"] == pytest.approx(34 / 35)
+
+
+def test_the_clean_rule_is_declared_once_in_the_features_params():
+    from pydantic import ValidationError
+
+    from tasks.features.params import FeaturesParams
+
+    params = FeaturesParams(clean_min_f1=0.7, clean_min_pearson=0.6, clean_max_density=0.1)
+    assert params.clean_rule() == CleanRule(min_f1=0.7, min_pearson=0.6, max_density=0.1)
+    default = FeaturesParams.model_fields
+    assert FeaturesParams().clean_rule() == CleanRule(
+        default["clean_min_f1"].default,
+        default["clean_min_pearson"].default,
+        default["clean_max_density"].default,
+    )
+    with pytest.raises(ValidationError, match="clean_min_f1"):
+        FeaturesParams(clean_min_f1=1.5)
