@@ -16,6 +16,7 @@ import typer
 
 from flows.cli_common import SERVICE_ERRORS, exit_codes, fail
 from flows.cli_common import setup_logging as _setup_logging
+from tasks.search.limits import ADD_STRENGTH, MAX_STRENGTH, STRENGTH_UNIT
 
 DOMAIN_HELP = "The domain to search: any that a sweep ran on (cs.LG, astro-ph, gr-qc, ...)."
 MODEL_HELP = "champion, or a cell name of the sweep (csLG_64_3072_256)."
@@ -36,8 +37,6 @@ def _bad_input():
 
 def parse_boost(values: list[str]) -> dict[int, float]:
     """``ID=w`` pairs as {id: w}; a bare ``ID`` means the strength a page's "add" gives."""
-    from tasks.search.limits import ADD_STRENGTH
-
     out: dict[int, float] = {}
     for value in values:
         fid, sep, w = value.partition("=")
@@ -59,12 +58,17 @@ def search(
         list[str] | None,
         typer.Option(
             metavar="ID=W",
-            help="Set feature ID to strength W (1: its typical activation; a bare ID: 3). "
-            "Repeatable.",
+            help=f"Set feature ID to strength W, 0 to {MAX_STRENGTH:g} ({STRENGTH_UNIT}; "
+            f"a bare ID: {ADD_STRENGTH:g}). Repeatable.",
         ),
     ] = None,
     suppress: Annotated[
-        list[int] | None, typer.Option(metavar="ID", help="Remove feature ID. Repeatable.")
+        list[int] | None,
+        typer.Option(
+            metavar="ID",
+            help="Set feature ID to 0: the search turns away from it (its papers leave the "
+            "top results). Repeatable.",
+        ),
     ] = None,
     top: Annotated[int, typer.Option(help="How many papers.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -78,11 +82,12 @@ def search(
     """Search a sweep's papers with a query, steered by its SAE features.
 
     The query is embedded with the sweep's embedder and encoded by the model; --boost
-    and --suppress set features' strengths, and the search uses the query's embedding
-    plus the change those edits make to its reconstruction (unedited, the results are
-    exactly those of the embedding). Prints the query's features and the papers, each
-    with the features it shares with the query. A running `sae serve` of the same data
-    answers it when there is one (the same output, without loading the model here).
+    and --suppress set features' strengths, and the search moves the query's embedding
+    along those features' decoder directions: toward a raised one, away from a removed
+    one (unedited, the results are exactly those of the embedding). Prints the query's
+    features and the papers, each with the features it shares with the query. A running
+    `sae serve` of the same data answers it when there is one (the same output, without
+    loading the model here).
     """
     strengths = parse_boost(boost or [])
     for fid in suppress or []:

@@ -28,7 +28,13 @@ from pydantic import BaseModel, Field
 
 from tasks.features.browser import render_browser
 from tasks.search.engine import SearchEngine
-from tasks.search.limits import ADD_STRENGTH, MAX_STRENGTH, MAX_TOP, SearchInputError
+from tasks.search.limits import (
+    ADD_STRENGTH,
+    MAX_STRENGTH,
+    MAX_TOP,
+    STRENGTH_UNIT,
+    SearchInputError,
+)
 from tasks.sweep.track import CHAMPION
 
 log = logging.getLogger(__name__)
@@ -144,6 +150,7 @@ def create_app(
             "domains": out,
             "add_strength": ADD_STRENGTH,
             "max_strength": MAX_STRENGTH,
+            "strength_unit": STRENGTH_UNIT,
             "max_top": MAX_TOP,
         }
 

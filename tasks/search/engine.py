@@ -2,18 +2,24 @@
 
 A query is embedded, encoded by the SAE, and the user sets the strength of any feature
 (raise one the query lacks, lower or remove one it has). The search vector is the
-query's own embedding plus the change those edits make to the SAE's reconstruction,
+query's own embedding moved along the edited features' decoder rows,
 
-    q' = x + decode(z') - decode(z) = x + sum_i (z'_i - z_i) W_dec[i],
+    q' = x + sum_i m_i W_dec[i],
 
-so an unedited query searches with exactly its embedding (the dense results), and the
-reconstruction error never enters. Strengths are in units of the feature's typical
-activation (its mean when it fires): 1 is ordinary, 0 removes it.
+so an unedited query searches with exactly its embedding (the dense results). Strengths
+are in units of the query's strongest activation (:data:`tasks.search.limits.STRENGTH_UNIT`):
+the query's strongest feature is 1. Raising feature i from the query's own strength s_i
+to w moves by m_i = (w - s_i) times that unit, as decoding the edited code would;
+lowering it to w reflects, by m_i = -2 c_i (1 - w / s_i), c_i being the larger of
+x . W_dec[i] and the activation: at 0 the query's component along W_dec[i] is turned
+round, so the search points away from the feature as far as the query pointed at it.
+On a 3,000-paper cs.LG sweep (``python -m tasks.search.steer_bench``) removing a query's
+strongest feature this way took the share of its top 10 where that feature fires from
+35% to 11%; subtracting only its activation, to 29%.
 
-The corpus is searched exactly, by one matmul over the unit-norm embeddings [N, d]: at
-300k x 384 that is 0.46 GB read per query, ~100 ms on two cores and inside the latency
-targets (``python -m tasks.search.bench``); an IVF index answered in ~1 ms but found only
-0.6-0.87 of the exact top 10 on real papers, so search stays exact.
+The search vector goes to the corpus's approximate index when it has one (a large
+corpus: :mod:`tasks.search.ann`, whose hits are rescored exactly), else to one matmul
+over the unit-norm embeddings [N, d].
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tasks.search.limits import MAX_QUERY_CHARS, MAX_STRENGTH, MAX_TOP, SearchInputError
+from tasks.search.ann import AnnIndex, exact_search
+from tasks.search.limits import (
+    MAX_QUERY_CHARS,
+    MAX_STRENGTH,
+    MAX_TOP,
+    STRENGTH_UNIT,
+    SearchInputError,
+)
 
 #: Families offered per query, and members offered per family.
 FAMILIES, FAMILY_MEMBERS = 6, 8
@@ -39,7 +52,7 @@ DRIVERS = 3
 class Feature:
     id: int
     label: list[str]
-    strength: float  # in units of the feature's typical activation
+    strength: float  # in units of the query's strongest activation (limits.STRENGTH_UNIT)
     edited: bool = False
 
 
@@ -88,7 +101,8 @@ class SearchEngine:
     ``corpus_ND``: unit-norm float32 embeddings, row i is paper ``ids[i]`` titled
     ``titles[i]``; ``embed``: texts -> [len, d] unit-norm vectors (the corpus's embedder);
     ``document``: the cell's ``features.json`` (labels, typical activations, families),
-    or None before ``sae features`` has run (ids alone, strengths measured on a sample).
+    or None before ``sae features`` has run (ids alone, strengths measured on a sample);
+    ``index``: an :class:`AnnIndex` of ``corpus_ND`` to search instead of scanning it.
     """
 
     def __init__(
@@ -102,14 +116,17 @@ class SearchEngine:
         cell: str = "",
         domain: str = "",
         sweep_id: str = "",
+        index: AnnIndex | None = None,
     ):
         if corpus_ND.shape[0] != len(ids) or len(ids) != len(titles):
             raise ValueError(f"{corpus_ND.shape[0]} vectors, {len(ids)} ids, {len(titles)} titles")
+        if index is not None and index.x_ND.shape != corpus_ND.shape:
+            raise ValueError(f"an index of {tuple(index.x_ND.shape)} for {tuple(corpus_ND.shape)}")
         if corpus_ND.shape[0] == 0:
             raise SearchInputError(f"{cell}: no papers to search", 404)
         self.model = model.eval()
         self.ids, self.titles, self.corpus_ND = ids, titles, corpus_ND.float().contiguous()
-        self._embed, self.document = embed, document
+        self._embed, self.document, self.index = embed, document, index
         self._embedded: dict[str, torch.Tensor] = {}
         self.build_seconds: dict[str, float] = {}  # set by whoever built it, by part
         self.cell, self.domain, self.sweep_id = cell, domain, sweep_id
@@ -169,7 +186,7 @@ class SearchEngine:
             if not math.isfinite(w) or not 0.0 <= w <= MAX_STRENGTH:
                 raise SearchInputError(
                     f"feature {fid}: strength {value!r} is outside 0 to {MAX_STRENGTH:g} "
-                    "(1 is the feature's typical activation, 0 removes it)"
+                    f"({STRENGTH_UNIT})"
                 )
             out[fid] = w
         return out
@@ -200,7 +217,7 @@ class SearchEngine:
         x_D: torch.Tensor | None = None,
     ) -> SearchResult:
         """The ``top`` papers for ``query`` with the features in ``strengths`` set to
-        those strengths (units: the feature's typical activation). ``x_D``: the query's
+        those strengths (units: :data:`STRENGTH_UNIT`). ``x_D``: the query's
         embedding if already computed (it is the slow part)."""
         query = self.check_query(query)
         edits = self.check_strengths(strengths or {})
@@ -208,22 +225,23 @@ class SearchEngine:
             raise SearchInputError(f"top must be 1 to {min(MAX_TOP, len(self.ids))}, got {top!r}")
         x = self.embed(query) if x_D is None else x_D.float()
         z = self.code(x[None])[0]
-        z_edit = z.clone()
-        for fid, w in edits.items():
-            z_edit[fid] = w * self.unit_N[fid]
-        q = x + (z_edit - z) @ self.model.W_dec.detach().float()
-        q = q / q.norm().clamp_min(1e-12)
-        scores = self.corpus_ND @ q
-        best = torch.topk(scores, top).indices
+        q, z_edit, unit = self.steer(x, z, edits)
+        if self.index is not None:
+            scores_BT, best_BT = self.index.search(q, top)
+        else:
+            scores_BT, best_BT = exact_search(self.corpus_ND, q, top)
+        scores, best = scores_BT[0], best_BT[0]
         hit_codes = self.code(self.corpus_ND[best])
-        strength = z_edit / self.unit_N
+        strength = z_edit / unit
+        # Drivers rank shared features by how typical each is of both, whatever the units.
+        typical = z_edit / self.unit_N
         hits = [
             Hit(
                 row=int(r),
                 id=self.ids[int(r)],
                 title=self.titles[int(r)],
-                score=round(float(scores[r]), 4),
-                drivers=_drivers(strength, hit_codes[j] / self.unit_N),
+                score=round(float(scores[j]), 4),
+                drivers=_drivers(typical, hit_codes[j] / self.unit_N),
             )
             for j, r in enumerate(best)
         ]
@@ -234,6 +252,27 @@ class SearchEngine:
         ]
         families = self.families_of(strength, x)
         return SearchResult(query, self.cell, features, hits, bool(edits), families)
+
+    def steer(
+        self, x_D: torch.Tensor, z_N: torch.Tensor, edits: Mapping[int, float]
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(the unit search vector [d], the edited code [n], the activation that is
+        strength 1) for the query ``x_D`` coded ``z_N``, with ``edits`` {feature: strength}
+        (the module's docstring has the maths)."""
+        # A query nothing fires for (none seen yet) counts in the median typical activation.
+        unit = float(z_N.max()) if float(z_N.max()) > 0 else float(self.unit_N.median())
+        W_dec = self.model.W_dec.detach().float()
+        z_edit, move_N = z_N.clone(), torch.zeros_like(z_N)
+        for fid, w in edits.items():
+            z_edit[fid] = w * unit
+            own = float(z_N[fid])
+            if w * unit >= own:
+                move_N[fid] = w * unit - own
+            else:
+                along = max(float(x_D @ W_dec[fid]), own)
+                move_N[fid] = -2 * along * (1 - w * unit / own)
+        q = x_D + move_N @ W_dec
+        return q / q.norm().clamp_min(1e-12), z_edit, unit
 
     def families_of(self, strength_N: torch.Tensor, x_D: torch.Tensor) -> list[dict]:
         """The families holding the query's features, those with its strongest first

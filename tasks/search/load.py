@@ -25,10 +25,11 @@ from tasks.corpus.domains import UnknownDomainError, get_domain
 from tasks.corpus.storage import papers_in_order
 from tasks.embed.embedders import make_query_embedder
 from tasks.embed.manifest import EmbeddingStoreError, Namespace
-from tasks.embed.snapshot import snapshot_by_id
+from tasks.embed.snapshot import Snapshot, snapshot_by_id
 from tasks.features.locate import FeaturesInputError, SweepInfo, find_sweep
 from tasks.features.schema import DOC_FILE
 from tasks.layout import open_store
+from tasks.search.ann import EXACT_BELOW, AnnIndex, fingerprint, index_path, open_index
 from tasks.search.engine import SearchEngine
 from tasks.search.limits import SearchInputError
 from tasks.sweep.catalog import read_index, save_index
@@ -64,8 +65,10 @@ def open_engine(
     if cell is None:
         raise SearchInputError(f"sweep {info.sweep_id} of {dom.name} has no champion", 404)
     clock.lap(f"sweep lookup ({source})")
-    ids, titles, x, spec = _corpus(store, dom, info)
+    ids, titles, x, spec, snap = _corpus(store, dom, info)
     clock.lap("papers: embeddings and titles")
+    index = _search_index(store, snap, ids, x)
+    clock.lap("search index")
     folder = cell.folder(info.sweep_id)
     try:
         document = store.read_json(f"{folder}/features/{DOC_FILE}")
@@ -75,7 +78,7 @@ def open_engine(
     sae = load_cell_model(store, folder)
     clock.lap("model")
     engine = SearchEngine(
-        sae, ids, titles, x, _embedder(spec), document, cell.cell, dom.name, info.sweep_id
+        sae, ids, titles, x, _embedder(spec), document, cell.cell, dom.name, info.sweep_id, index
     )
     clock.lap("engine (feature units, labels)")
     if load_embedder:
@@ -155,15 +158,17 @@ class _Clock:
         self._last = now
 
 
-#: Papers (ids, titles, embeddings [N, d], embedder spec) by snapshot: a snapshot never
-#: changes, and the cells of a sweep share one (at 300k x 384, 440 MB each).
+#: Papers (ids, titles, embeddings [N, d], embedder spec, snapshot) by snapshot: a snapshot
+#: never changes, and the cells of a sweep share one (at 300k x 384, 440 MB each).
 _CORPORA: dict[str, tuple] = {}
+#: The approximate indexes of those past EXACT_BELOW papers, by snapshot.
+_INDEXES: dict[str, AnnIndex] = {}
 _CORPORA_KEPT = 4
 _EMBEDDERS: dict[str, object] = {}
 _lock = threading.Lock()
 
 
-def _corpus(store: Store, dom, info) -> tuple[list[str], list[str], torch.Tensor, str]:
+def _corpus(store: Store, dom, info) -> tuple[list[str], list[str], torch.Tensor, str, Snapshot]:
     snap = snapshot_by_id(store, dom, info.embedder, info.data_snapshot)
     if snap is None:
         raise SearchInputError(
@@ -182,10 +187,25 @@ def _corpus(store: Store, dom, info) -> tuple[list[str], list[str], torch.Tensor
             titles = _titles(store, ids)
             spec = ns.recorded()["spec"]
             if len(_CORPORA) >= _CORPORA_KEPT:
-                _CORPORA.pop(next(iter(_CORPORA)))
+                _INDEXES.pop(_CORPORA.pop(next(iter(_CORPORA)))[4].uri, None)
             vectors = torch.from_numpy(np.require(x, requirements="W"))
-            _CORPORA[snap.uri] = (ids, titles, vectors, spec)
+            _CORPORA[snap.uri] = (ids, titles, vectors, spec, snap)
         return _CORPORA[snap.uri]
+
+
+def _search_index(
+    store: Store, snap: Snapshot, ids: list[str], x_ND: torch.Tensor, exact_below: int = EXACT_BELOW
+) -> AnnIndex | None:
+    """The snapshot's approximate index, read from beside it in the store, else built
+    (minutes at millions of papers) and written there for the next process; None below
+    ``exact_below`` papers, which are searched exactly."""
+    if len(ids) < exact_below:
+        return None
+    with _lock:
+        if snap.uri not in _INDEXES:
+            fp = fingerprint(snap.id, ids)
+            _INDEXES[snap.uri] = open_index(store, index_path(snap.path), x_ND, fp)
+        return _INDEXES[snap.uri]
 
 
 def _titles(store: Store, ids: list[str]) -> list[str]:
@@ -203,8 +223,20 @@ def _embedder(spec: str):
 
 
 def _shared_embedder(spec: str):
-    """The embedder of ``spec`` that every engine of this process shares."""
+    """The embedder of ``spec`` that every engine of this process shares; a
+    SearchInputError naming the spec when it cannot run here (imported vectors of an API
+    without its key, a local model that is not installed)."""
+    from tasks.embed.embedders import EmbedderError
+
     with _lock:
         if spec not in _EMBEDDERS:
-            _EMBEDDERS[spec] = make_query_embedder(spec)
+            try:
+                _EMBEDDERS[spec] = make_query_embedder(spec)
+            except (EmbedderError, OSError, ImportError) as exc:
+                raise SearchInputError(
+                    f"the query must be embedded by the embedder that made the papers' "
+                    f"vectors, {spec!r} (for imported vectors, the --embedder given to `sae "
+                    f"import-vectors`), and it cannot run here: {exc}",
+                    503,
+                ) from exc
         return _EMBEDDERS[spec]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 from tasks.search.app import create_app
+from tasks.search.limits import MAX_STRENGTH, STRENGTH_UNIT
 from tests.browser.browser import browser, chromium, screenshot_dir
 from tests.tasks.search.axes import engine_for, make_corpus
 from tests.tasks.search.serving import serving
@@ -34,6 +35,10 @@ def test_the_search_page_says_while_an_engine_is_loading():
             ui.page.fill("#query", "q")
             ui.page.click("#go")
             ui.page.locator("#results li").first.wait_for()
+            # The hint and the sliders' range come from the one declaration of strengths.
+            assert ui.page.inner_text("#strength-unit") == STRENGTH_UNIT
+            slider = ui.page.locator("#features li input").first
+            assert slider.get_attribute("max") == f"{MAX_STRENGTH:g}"
             ui.check("2-ready")
     finally:
         release.set()

@@ -20,6 +20,7 @@ import pytest
 
 from infra.local_stack import stack_status
 from infra.settings import Settings
+from tasks.search.limits import MAX_STRENGTH
 from tests.browser.browser import WAIT_MS, browser, chromium, screenshot_dir, server_errors
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -205,11 +206,11 @@ def test_the_search_page_follows_a_slider_and_says_what_is_wrong(swept):
             return answer.json()
 
         plain = api({})
-        # One of the query's own features that, raised to 20, changes the order.
+        # One of the query's own features that, raised to the maximum, changes the order.
         raised, order = next(
             (f["id"], ids)
             for f in plain["features"]
-            if (ids := [h["id"] for h in api({f["id"]: 20})["hits"]])
+            if (ids := [h["id"] for h in api({f["id"]: MAX_STRENGTH})["hits"]])
             != [h["id"] for h in plain["hits"]]
         )
         shown = "() => [...document.querySelectorAll('#results li')].map(li => li.dataset.id)"
@@ -222,7 +223,7 @@ def test_the_search_page_follows_a_slider_and_says_what_is_wrong(swept):
             assert ui.page.locator("#features li").count() == len(plain["features"])
             ui.check("1-query")
 
-            ui.page.locator(f'#features li[data-id="{raised}"] input').fill("20")
+            ui.page.locator(f'#features li[data-id="{raised}"] input').fill(f"{MAX_STRENGTH:g}")
             same = f"() => JSON.stringify(({shown})()) === JSON.stringify({json.dumps(order)})"
             ui.wait_for(same)
             assert "steered by 1 feature" in ui.page.inner_text("#status")

@@ -20,6 +20,7 @@ from flows.cli import app
 from infra.settings import get_settings
 from infra.store import Store
 from tasks.corpus.domains import get_domain
+from tasks.search.limits import MAX_STRENGTH
 from tests.flows.sweeps import embedded_cs_lg, ray_reporting_to
 
 CS = get_domain("cs.LG")
@@ -254,7 +255,7 @@ def test_export_import_round_trip_searches_like_the_original(swept, tmp_path, mo
     absent = next(
         i for i in range(32) if i not in {f.id for f in engines[0].search(QUERY).features}
     )
-    for strengths in ({}, {absent: 15.0}):
+    for strengths in ({}, {absent: MAX_STRENGTH}):
         a, b = (e.search(QUERY, strengths, 8) for e in engines)
         assert [h.id for h in a.hits] == [h.id for h in b.hits] and len(a.hits) == 8
         assert [f.id for f in a.features] == [f.id for f in b.features]

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tasks.search.app import create_app
-from tasks.search.limits import ADD_STRENGTH, MAX_STRENGTH, SearchInputError
+from tasks.search.limits import ADD_STRENGTH, MAX_STRENGTH, STRENGTH_UNIT, SearchInputError
 from tests.tasks.search.axes import D, engine_for, make_corpus
 
 
@@ -57,6 +57,7 @@ def test_the_page_and_its_menus(client):
     assert menus["domains"]["cs.LG"]["models"] == ["champion", "axes_3_12"]
     assert "no sweep of astro-ph" in menus["domains"]["astro-ph"]["problem"]
     assert (menus["add_strength"], menus["max_strength"]) == (ADD_STRENGTH, MAX_STRENGTH)
+    assert menus["strength_unit"] == STRENGTH_UNIT  # the page's hint says it
 
 
 def test_a_search_answers_what_the_engine_finds(client):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from tasks.search.limits import MAX_QUERY_CHARS, MAX_STRENGTH, SearchInputError
+from tasks.search.limits import ADD_STRENGTH, MAX_QUERY_CHARS, MAX_STRENGTH, SearchInputError
 from tests.tasks.search.axes import N_PAPERS, QUERY, D, K, engine_for, make_corpus, unit
 
 
@@ -31,25 +32,36 @@ def test_an_unedited_query_gives_exactly_the_dense_results(corpus):
     assert not result.edited
 
 
-def test_the_query_features_are_its_code_in_units_of_typical_activation(corpus):
-    eng, _, mean_act = engine_for(corpus)
+def test_the_query_features_are_its_code_in_units_of_its_strongest_activation(corpus):
+    eng, _, _ = engine_for(corpus)
     result = eng.search("q")
-    # The axis SAE's code: the k largest coordinates, as they are.
+    # The axis SAE's code: the k largest coordinates, as they are; the largest is 1.
     top = np.argsort(-QUERY)[:K]
-    assert [f.id for f in result.features] == sorted(top, key=lambda i: -QUERY[i] / mean_act[i])
+    assert [f.id for f in result.features] == list(top)
     for f in result.features:
-        assert f.strength == pytest.approx(QUERY[f.id] / mean_act[f.id], abs=1e-3)
+        assert f.strength == pytest.approx(QUERY[f.id] / QUERY.max(), abs=1e-3)
         assert f.label == [f"term{f.id}", f"other{f.id}"] and not f.edited
 
 
-@pytest.mark.parametrize("edits", [{6: 4.0}, {0: 0.0}, {1: 0.5, 9: 12.0}, {2: MAX_STRENGTH}])
-def test_edits_move_the_search_vector_by_their_change_to_the_reconstruction(corpus, edits):
-    eng, _, mean_act = engine_for(corpus)
-    z = np.where(np.isin(np.arange(D), np.argsort(-QUERY)[:K]), QUERY, 0.0)
-    z_edit = z.copy()
+@pytest.mark.parametrize("threshold", [0.0, 0.05])
+@pytest.mark.parametrize("edits", [{6: 4.0}, {0: 0.0}, {1: 0.5, 9: 8.0}, {2: MAX_STRENGTH}])
+def test_edits_raise_along_the_decoder_and_lower_by_reflecting(corpus, edits, threshold):
+    """Raising adds (w - own) units of the decoder row; lowering takes the search vector's
+    component along it from c (the larger of x . W_dec[i] and the activation) at the
+    query's own strength to -c at 0. A threshold makes activations smaller than x . W_dec."""
+    eng, _, _ = engine_for(corpus)
+    with torch.no_grad():
+        eng.model.b_lat.fill_(-threshold)
+    pre = QUERY - threshold
+    z = np.where(np.isin(np.arange(D), np.argsort(-pre)[:K]), np.maximum(pre, 0), 0.0)
+    unit = z.max()
+    q = QUERY.astype(np.float64).copy()
     for fid, w in edits.items():
-        z_edit[fid] = w * mean_act[fid]
-    q = QUERY + (z_edit - z) @ np.eye(D)  # x + decode(z') - decode(z)
+        if w * unit >= z[fid]:
+            q[fid] += w * unit - z[fid]
+        else:
+            along = max(QUERY[fid], z[fid])
+            q[fid] -= 2 * along * (1 - w * unit / z[fid])
     result = eng.search("q", edits, top=15)
     assert [h.row for h in result.hits] == reference(corpus[2], q, 15)
     assert result.edited
@@ -58,31 +70,43 @@ def test_edits_move_the_search_vector_by_their_change_to_the_reconstruction(corp
         assert shown[fid].edited and shown[fid].strength == pytest.approx(w, abs=1e-3)
 
 
-def test_raising_a_feature_brings_its_papers_up_and_removing_one_sends_them_down(corpus):
+def test_a_feature_added_at_the_default_strength_brings_its_papers_into_the_top_10(corpus):
     ids, titles, x = corpus
     x = x.copy()
-    x[:10] = unit(np.eye(D)[6] + 0.05)  # ten papers about feature 6, which the query lacks
-    x[10:20] = unit(np.eye(D)[0] + 0.05)  # ten about feature 0, the query's strongest
+    # Ten papers on the query's subject that also carry feature 6, which the query lacks:
+    # near it (about its 50th paper), yet not among its top 10.
+    x[:10] = unit(QUERY + 1.2 * np.eye(D)[6] + 0.02 * np.arange(10)[:, None] / 10)
     eng, _, _ = engine_for((ids, titles, x))
     plain = [h.row for h in eng.search("q", top=10).hits]
     assert not set(plain) & set(range(10))
-    raised = [h.row for h in eng.search("q", {6: 15.0}, top=10).hits]
-    assert set(raised[:5]) <= set(range(10))
-    assert all(6 in h.drivers for h in eng.search("q", {6: 15.0}, top=10).hits[:5])
-    before = sum(r in range(10, 20) for r in plain)
-    removed = [h.row for h in eng.search("q", {0: 0.0}, top=10).hits]
-    assert sum(r in range(10, 20) for r in removed) < before
+    hits = eng.search("q", {6: ADD_STRENGTH}, top=10).hits
+    assert {h.row for h in hits} == set(range(10))
+    assert all(6 in h.drivers for h in hits)
+
+
+def test_removing_the_strongest_feature_takes_its_papers_out_of_the_top_10(corpus):
+    ids, titles, x = corpus
+    x = x.copy()
+    # Ten papers on the query's subject with more of feature 0, its strongest: its top 10.
+    x[:10] = unit(QUERY + 0.3 * np.eye(D)[0] + 0.02 * np.arange(10)[:, None] / 10)
+    eng, _, _ = engine_for((ids, titles, x))
+    strongest = eng.search("q").features[0].id
+    assert strongest == 0
+    assert {h.row for h in eng.search("q", top=10).hits} == set(range(10))
+    removed = eng.search("q", {strongest: 0.0}, top=10).hits
+    assert not {h.row for h in removed} & set(range(10))
 
 
 def test_drivers_are_the_shared_features_strongest_first(corpus):
     eng, _, mean_act = engine_for(corpus)
     result = eng.search("q", top=5)
     x = corpus[2]
-    q_strength = {f.id: f.strength for f in result.features}
+    query = {f.id for f in result.features}
     for h in result.hits:
         paper = np.argsort(-x[h.row])[:K]
-        shared = [i for i in paper if i in q_strength]
-        product = {i: q_strength[i] * x[h.row][i] / mean_act[i] for i in shared}
+        shared = [i for i in paper if i in query]
+        # Each side in units of the feature's typical activation: how typical of both.
+        product = {i: QUERY[i] / mean_act[i] * x[h.row][i] / mean_act[i] for i in shared}
         assert h.drivers == sorted(shared, key=lambda i: -product[i])
 
 
@@ -133,9 +157,9 @@ def test_without_features_json_ids_alone_and_units_from_a_sample(corpus):
         ("q", {-1: 1.0}, 10, "feature -1 does not exist"),
         ("q", {"abc": 1.0}, 10, "feature id 'abc' is not an integer"),
         ("q", {3: "lots"}, 10, "strength 'lots' is not a number"),
-        ("q", {3: float("nan")}, 10, "outside 0 to 20"),
-        ("q", {3: -1}, 10, "outside 0 to 20"),
-        ("q", {3: MAX_STRENGTH + 1}, 10, "outside 0 to 20"),
+        ("q", {3: float("nan")}, 10, f"outside 0 to {MAX_STRENGTH:g}"),
+        ("q", {3: -1}, 10, f"outside 0 to {MAX_STRENGTH:g}"),
+        ("q", {3: MAX_STRENGTH + 1}, 10, f"outside 0 to {MAX_STRENGTH:g}"),
         ("q", {}, 0, "top must be 1 to 100"),
         ("q", {}, 101, "top must be 1 to 100"),
     ],
