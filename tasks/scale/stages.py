@@ -15,6 +15,7 @@ budget); features, the search index and queries run on the full snapshot too.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def rehearse(plan: Plan, root: Path) -> list[StageCost]:
     with measured("importance and pruning (full N)", costs) as c:
         _importance(model, x_eval, plan)
     with measured("retrieval fidelity (full N)", costs) as c:
-        c.notes = _retrieval(model, x_eval, x_train)
+        c.notes = _retrieval(model, x_eval, x_train, plan, root / "retrieval")
     del x_train, x_eval
     with measured("features (codes, cards, labels, families)", costs) as c:
         c.notes = _features(store, snap, refs[-1], root)
@@ -173,14 +174,16 @@ def _importance(model, x_eval, plan: Plan) -> None:
     pruned_nmse(model, x_eval, np.argsort(-importance, kind="stable"), sizes)
 
 
-def _retrieval(model, x_eval, x_train) -> dict:
-    from sae.retrieval import retrieval_fidelity
-    from tasks.sweep import train as train_mod
+def _retrieval(model, x_eval, x_train, plan: Plan, folder: Path) -> dict:
+    """As a pack measures it: blocks of the training rows within the vector budget."""
+    from tasks.sweep.train import RETRIEVAL_FILE, _write_retrieval
 
-    most = getattr(train_mod, "RETRIEVAL_MAX_QUERIES", None)
-    model.eval()
-    fidelity = retrieval_fidelity(model, x_eval, x_train, max_queries=most)
-    return {"recall_at_10": round(fidelity.recall_at_10, 3), "queries": fidelity.n_queries}
+    folder.mkdir(parents=True, exist_ok=True)
+    budget = get_settings().vector_budget_bytes
+    _write_retrieval(folder, model, x_eval, x_train, budget, plan.batch_size)
+    fidelity = json.loads((folder / RETRIEVAL_FILE).read_text())
+    return {"recall_at_10": round(fidelity["retrieval_recall_at_10"], 3),
+            "queries": fidelity.get("retrieval_queries")}  # fmt: skip
 
 
 def _features(store: Store, snap: Snapshot, ref, root: Path) -> dict:
