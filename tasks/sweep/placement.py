@@ -74,11 +74,22 @@ class PlacementRecorder:
 
     def __call__(self, cell: str, step: int, metrics: dict[str, float]) -> None:
         if cell not in self._seen:
-            self._seen.add(cell)
-            folder = f"{self._folder}/{cell}"
-            attempt = Attempt(self._node, self._host, step, self._device)
-            attempts = [*read_placement(self._store, folder), attempt]
-            log.info("%s: attempt %d on %s (Ray node %s) from step %d", cell, len(attempts),
-                     self._host, self._node[:8] or "-", step)  # fmt: skip
-            self._store.write_json(f"{folder}/{PLACEMENT_FILE}", [asdict(a) for a in attempts])
+            self._note(cell, step)
         self._on_log(cell, step, metrics)
+
+    def finish(self, trained: dict[str, int]) -> None:
+        """Notes the cells this attempt trained that never logged a step (a run shorter
+        than ``log_every_steps``, or logging off), at their last step: ``trained`` maps
+        each to it."""
+        for cell, step in trained.items():
+            if cell not in self._seen:
+                self._note(cell, step)
+
+    def _note(self, cell: str, step: int) -> None:
+        self._seen.add(cell)
+        folder = f"{self._folder}/{cell}"
+        attempts = [*read_placement(self._store, folder),
+                    Attempt(self._node, self._host, step, self._device)]  # fmt: skip
+        log.info("%s: attempt %d on %s (Ray node %s) from step %d", cell, len(attempts),
+                 self._host, self._node[:8] or "-", step)  # fmt: skip
+        self._store.write_json(f"{folder}/{PLACEMENT_FILE}", [asdict(a) for a in attempts])

@@ -46,7 +46,7 @@ from tasks.sweep.track import (
     log_cell,
     register_cell,
 )
-from tasks.sweep.train import CellRef, PackSpec, device_name, train_pack
+from tasks.sweep.train import CellRef, PackSpec, device_name, finished_cells, train_pack
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,9 @@ def train_pack_task(spec: PackSpec) -> list[dict]:
     store, scratch = spec.store(), settings.home / "scratch"
     device = settings.torch_device()
     on_log = PlacementRecorder(store, spec.folder, reporter, device_name(device))
+    before = finished_cells(store, spec)
     refs = train_pack(spec, store, scratch, device, on_log)
+    on_log.finish({r.cell: r.steps for r in refs if r.cell not in before})
     reporter.close()
     return [r.as_dict() for r in refs]
 

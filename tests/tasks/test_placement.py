@@ -32,3 +32,14 @@ def test_each_attempt_is_noted_once_per_cell_at_its_first_logged_step(tmp_path):
 
 def test_a_cell_trained_before_placement_was_kept_gets_no_tags(tmp_path):
     assert placement_tags(read_placement(Store(str(tmp_path)), "sae/s1/c1")) == {}
+
+
+def test_a_cell_that_never_logged_is_noted_when_its_pack_ends(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    on_log = PlacementRecorder(store, "sae/s1", lambda *a: None, "cpu (2 threads)")
+    on_log("c1", 10, {"train_nmse": 0.5})
+    on_log.finish({"c1": 12, "c2": 7})  # c2 trained 7 steps, fewer than log_every_steps
+    host = socket.gethostname()
+    assert read_placement(store, "sae/s1/c1") == [Attempt("", host, 10, "cpu (2 threads)")]
+    assert read_placement(store, "sae/s1/c2") == [Attempt("", host, 7, "cpu (2 threads)")]
+    assert placement_tags(read_placement(store, "sae/s1/c2"))["device"] == "cpu (2 threads)"
