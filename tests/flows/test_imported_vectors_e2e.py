@@ -86,9 +86,9 @@ def test_imported_vectors_sweep_features_and_search(corpus, tmp_path):
 
     # Vectors of an API with no key here: the sweep runs, the search is refused with
     # exit 2 and one error line naming the embedder and why it cannot run.
-    # Fewer papers than above: a snapshot's id (and so the sweep's) hashes its papers and
-    # texts, not the embedder, so the same papers would find the sweep above finished.
-    some = papers["id"].to_list()[: PAPERS * 3 // 4]
+    # The same papers: their snapshot id is the same, and the sweep id must still differ
+    # (it names the embedder), or the sweep above would be found finished and reused.
+    some = papers["id"].to_list()
     _import(tmp_path, some, np.random.default_rng(0).normal(size=(len(some), 16)), API_SPEC)
     api_sweep = _sweep(API_SPEC)
     assert api_sweep != sweep_id
