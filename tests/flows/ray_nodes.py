@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cluster_folder(prefix: str) -> tuple[Path, Path]:
+    """A fresh folder for a test cluster's nodes (short, under /tmp: Ray's socket paths
+    are limited) and the cluster's token file in it."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    return tmp, token
+
+
+def head_args(port: int, client_port: int) -> list[str]:
+    """`ray start` arguments of a test cluster's head: its GCS on ``port``, Ray Client on
+    ``client_port``, no dashboard and no autoscaler (a hidden flag: nothing to scale)."""
+    return [
+        "--head",
+        f"--port={port}",
+        "--include-dashboard=false",
+        f"--dashboard-port={free_port()}",
+        f"--ray-client-server-port={client_port}",
+        "--no-monitor",
+    ]
 
 
 def node_env(token: Path) -> dict[str, str]:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.flows.ray_nodes import RayNode, free_port, node_env
+from tests.flows.ray_nodes import RayNode, cluster_folder, free_port, head_args, node_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,20 +64,9 @@ def ray_head():
     import ray
 
     ray.shutdown()  # an earlier module's local Ray in this process
-    tmp = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))  # short: Ray's sockets
-    token = tmp / "auth_token"
-    token.write_text(secrets.token_hex(32))
+    tmp, token = cluster_folder("rayhead-")
     port, client_port = free_port(), free_port()
-    args = [
-        "--head",
-        f"--port={port}",
-        "--num-cpus=2",
-        "--include-dashboard=false",
-        f"--dashboard-port={free_port()}",
-        f"--ray-client-server-port={client_port}",
-        "--no-monitor",  # the autoscaler (a hidden flag of `ray start`): nothing to scale
-    ]
-    head = RayNode("head", args, tmp, node_env(token))
+    head = RayNode("head", [*head_args(port, client_port), "--num-cpus=2"], tmp, node_env(token))
     try:
         head.wait_started()
         yield Head(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", token, head.tmp)

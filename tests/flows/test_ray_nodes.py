@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.flows.ray_nodes import RayNode, free_port, node_env
+from tests.flows.ray_nodes import RayNode, cluster_folder, free_port, head_args, node_env
 
 REPO = Path(__file__).resolve().parents[2]
 CELLS = ("csLG_8_1024_16", "csLG_16_1024_16")
@@ -29,22 +27,13 @@ def two_nodes():
     import ray
 
     ray.shutdown()  # an earlier module's local Ray in this process
-    tmp = Path(tempfile.mkdtemp(prefix="raynodes-", dir="/tmp"))  # short: Ray's sockets
-    token = tmp / "auth_token"
-    token.write_text(secrets.token_hex(32))
+    tmp, token = cluster_folder("raynodes-")
     port = free_port()
     gpu = ["--num-cpus=1", "--num-gpus=1"]
-    head_args = [
-        "--head",
-        f"--port={port}",
-        "--include-dashboard=false",
-        f"--dashboard-port={free_port()}",
-        f"--ray-client-server-port={free_port()}",
-        "--no-monitor",  # the autoscaler: nothing to scale here
-    ]
+    head = [*head_args(port, free_port()), *gpu]
     nodes = []
     try:
-        nodes.append(RayNode("head", [*head_args, *gpu], tmp, node_env(token)).wait_started())
+        nodes.append(RayNode("head", head, tmp, node_env(token)).wait_started())
         worker_args = [f"--address=127.0.0.1:{port}", *gpu]
         nodes.append(RayNode("worker", worker_args, tmp, node_env(token)).wait_started())
         yield f"127.0.0.1:{port}", token, *nodes
