@@ -9,7 +9,8 @@ waits 60 s for the answer (Ray 2.60, ``ray._private.process_watcher``). A SIGKIL
 ``sae sweep`` left them running that long. This process waits for the raylet to exit
 and kills them then: the processes whose environment names that raylet
 (``RAY_RAYLET_PID``, set by the raylet for everything it starts) and that started after
-it (so a reused pid matches nothing older).
+it (so a reused pid matches nothing older). That environment stays readable only because
+:func:`infra.ray_runtime.ensure_ray` sets SPT_NOENV: Ray's process titles overwrite it.
 
 Started by :func:`infra.ray_runtime.ensure_ray` in a session of its own, so that a
 Ctrl-C to the driver's terminal does not stop it before its raylet.

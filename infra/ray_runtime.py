@@ -60,6 +60,11 @@ def ensure_ray(settings) -> dict[str, float]:
                 # workers inherit this environment: no runtime_env, so the workers Ray
                 # starts with it serve the tasks (one with a runtime_env needs new ones,
                 # each started through an extra Python process).
+                # Ray retitles its processes ("ray::DashboardAgent") over the memory that
+                # /proc/PID/environ reads, wiping the start of it: RAY_RAYLET_PID with it,
+                # at times, and the reaper found nothing to kill. setproctitle leaves the
+                # environment alone when SPT_NOENV is set; the titles still fit.
+                os.environ.setdefault("SPT_NOENV", "1")
                 ray.init(num_cpus=os.cpu_count(), **kwargs)
                 _reap_after_raylets()
         except (ConnectionError, RuntimeError, ValueError) as exc:

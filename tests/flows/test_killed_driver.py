@@ -40,6 +40,13 @@ def test_a_sweep_killed_mid_pack_leaves_no_process_behind(cs_lg_head, tmp_path):
             assert sweep.poll() is None, "the sweep ended before its pack was seen training"
             time.sleep(0.2)
         started = _of_run(home)
+        # What the reaper will look for, once the raylet is gone: the raylet's pid in the
+        # environment of each of its agents (Ray's process titles wiped it at times, and with it
+        # this test's sight of them).
+        (raylet,) = [pid for pid, c in started.items() if c.split()[0].endswith("/raylet")]
+        marked = processes_with_env("RAY_RAYLET_PID", str(raylet)).values()
+        agents = {c.split()[0] for c in marked if c.split()[0].endswith("Agent")}
+        assert agents == {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}, started
         sweep.kill()
         sweep.wait()
 
