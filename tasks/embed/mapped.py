@@ -1,14 +1,15 @@
-"""A data snapshot's train and eval matrices as .npy files in a local folder, memory-mapped:
-what a pack reads past its vector budget (the store's parquet parts cannot be mapped).
+"""A data snapshot's vectors as one .npy file in a local folder, memory-mapped: what a
+pack and a cell's features read past the vector budget (the store's parquet parts cannot
+be mapped).
 
-    {folder}/{embedder}/{snapshot id}/train.npy   [N, d] float32, rows in id order
-    {folder}/{embedder}/{snapshot id}/eval.npy    [M, d] float32, rows in id order
+    {folder}/{embedder}/{snapshot id}/rows.npy   [N, d] float32, the snapshot's rows in id order
 
-The same rows in the same order as :func:`tasks.embed.snapshot.load_snapshot`, written one
-vector part at a time, so the peak is one part's vectors (plus the snapshot's and the
-manifest's keys: ids and hashes, N-bound but ~100 bytes a paper). A snapshot id names its
-contents, so files once written are reused by every pack of every sweep on that machine;
-they appear by one rename of their folder, never half-written.
+Train and eval are views of it (:class:`sae.data.MappedRows`), with the same rows in the
+same order as :func:`tasks.embed.snapshot.load_snapshot`. The file is written one vector
+part at a time, so the peak is one part's vectors (plus the snapshot's and the manifest's
+keys: ids and hashes, N-bound but ~100 bytes a paper). A snapshot id names its contents,
+so a file once written is reused by every pack and every features run of every sweep on
+that machine; it appears by one rename of its folder, never half-written.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import numpy as np
 import polars as pl
 
 from infra.store import Store
+from sae.data import MappedRows
 from tasks.embed.manifest import EmbeddingStoreError, Namespace
 from tasks.embed.snapshot import Snapshot
+
+ROWS_FILE = "rows.npy"
 
 
 def snapshot_bytes(store: Store, snapshot: Snapshot) -> int:
@@ -42,34 +46,40 @@ def _dim(ns: Namespace) -> int:
     return int(dim)
 
 
-def mapped_snapshot(
-    store: Store, snapshot: Snapshot, folder: Path
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train [N, d], eval [M, d]) float32 memmaps (read-only) of ``snapshot``, written
-    under ``folder`` first if they are not there yet."""
+def mapped_rows(store: Store, snapshot: Snapshot, folder: Path) -> np.ndarray:
+    """[N, d] float32 memmap (read-only) of ``snapshot``'s rows, its ids sorted, written
+    under ``folder`` first if it is not there yet."""
     final = Path(folder) / _safe(snapshot.embedder) / snapshot.id
-    if not (final / "train.npy").is_file():
+    if not (final / ROWS_FILE).is_file():
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot.id}-", dir=final.parent))
         try:
-            _write(store, snapshot, tmp)
+            _write(store, snapshot, tmp / ROWS_FILE)
             os.replace(tmp, final)  # another pack that got there first wins: same content
         except OSError:
-            if not (final / "train.npy").is_file():
+            if not (final / ROWS_FILE).is_file():
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return (
-        np.load(final / "train.npy", mmap_mode="r"),
-        np.load(final / "eval.npy", mmap_mode="r"),
-    )
+    return np.load(final / ROWS_FILE, mmap_mode="r")
 
 
-def _write(store: Store, snapshot: Snapshot, out: Path) -> None:
+def mapped_snapshot(
+    store: Store, snapshot: Snapshot, folder: Path
+) -> tuple[MappedRows, MappedRows]:
+    """(train [N, d], eval [M, d]) views of :func:`mapped_rows`, each in id order."""
+    x = mapped_rows(store, snapshot, folder)
+    is_eval = _keys(store, snapshot)["eval"].to_numpy()
+    return MappedRows(x, np.flatnonzero(~is_eval)), MappedRows(x, np.flatnonzero(is_eval))
+
+
+def _keys(store: Store, snapshot: Snapshot) -> pl.DataFrame:
+    return store.read_parquet(snapshot.path).select("id", "text_sha", "eval").sort("id")
+
+
+def _write(store: Store, snapshot: Snapshot, path: Path) -> None:
     ns = Namespace(store, snapshot.embedder)
-    keys = store.read_parquet(snapshot.path).select("id", "text_sha", "eval").sort("id")
-    # Each row's place in its split's matrix: the id order load_snapshot gives.
-    keys = keys.with_columns(pl.int_range(pl.len()).over("eval").alias("pos"))
+    keys = _keys(store, snapshot).with_columns(pl.int_range(pl.len()).alias("pos"))
     latest = (
         ns.read_manifest()
         .join(keys.select("id", "text_sha"), on=["id", "text_sha"])
@@ -84,33 +94,23 @@ def _write(store: Store, snapshot: Snapshot, out: Path) -> None:
             f"in {store.uri(ns.folder)}, e.g. {missing}"
         )
     wanted = keys.join(latest, on="id")
-    dim = _dim(ns)
-    n_eval = int(keys["eval"].sum())
-    train = np.lib.format.open_memmap(
-        out / "train.npy", "w+", np.float32, (keys.height - n_eval, dim)
-    )
-    held = np.lib.format.open_memmap(out / "eval.npy", "w+", np.float32, (n_eval, dim))
+    rows = np.lib.format.open_memmap(path, "w+", np.float32, (keys.height, _dim(ns)))
     written = 0
-    for (part,), rows in wanted.group_by("part"):
+    for (part,), in_part in wanted.group_by("part"):
         vectors = (
             store.read_parquet(ns.part_path(str(part)))
-            .join(rows, on=["id", "text_sha"])
+            .join(in_part, on=["id", "text_sha"])
             .unique("id", keep="first")
         )
-        x = vectors["vector"].to_numpy().astype(np.float32, copy=False)
-        is_eval = vectors["eval"].to_numpy()
-        pos = vectors["pos"].to_numpy()
-        train[pos[~is_eval]] = x[~is_eval]
-        held[pos[is_eval]] = x[is_eval]
+        rows[vectors["pos"].to_numpy()] = vectors["vector"].to_numpy().astype(np.float32)
         written += vectors.height
     if written != keys.height:
         raise EmbeddingStoreError(
             f"the parts of {store.uri(ns.folder)} hold {written} of snapshot {snapshot.id}'s "
             f"{keys.height} vectors, though the manifest names them all"
         )
-    train.flush()
-    held.flush()
-    del train, held
+    rows.flush()
+    del rows
 
 
 def _safe(name: str) -> str:

@@ -23,6 +23,8 @@ from sae.codes import encode_matrix
 from tasks.corpus.domains import get_domain
 from tasks.corpus.storage import papers_in_order
 from tasks.embed.manifest import Namespace
+from tasks.embed.mapped import mapped_rows, snapshot_bytes
+from tasks.embed.snapshot import Snapshot
 from tasks.features import families as fam_mod
 from tasks.features import labels as label_mod
 from tasks.features import probing
@@ -58,6 +60,9 @@ class CellJob:
     folder: str
     model: str  # the registered model version, shown on the page
     clean: fam_mod.CleanRule  # which features may join families
+    #: What the cell may hold of the vectors (``SAE_VECTOR_BUDGET``); past it they are
+    #: read from the snapshot's memory-mapped rows, as a pack reads them. None: in memory.
+    vector_budget_bytes: int | None = None
 
     def features_folder(self) -> str:
         return f"{self.folder}/features"
@@ -84,9 +89,7 @@ def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
     t0 = time.perf_counter()
     model = load_cell_model(store, job.folder, device, scratch)
     codes_rel = f"{out}/{CODES_FILE}"
-    # The dense vectors [N, d], in the ids' order: the codes come from them, and the
-    # probes and label scores compare against them.
-    ids, x_ND = Namespace(store, job.embedder).load(keys=store.read_parquet(job.snapshot_path))
+    ids, x_ND = cell_vectors(store, job, scratch)
     if store.exists(codes_rel):
         code_ids, codes = read_codes(store, codes_rel, model.n_latents)
         if code_ids != ids:
@@ -141,6 +144,21 @@ def analyse_cell(job: CellJob, scratch: Path, device: str = "cpu") -> dict:
     log.info("%s: features in %.1f s", job.cell, time.perf_counter() - t0)
     # As a rerun reads it back (JSON keys are strings), so both runs report the same.
     return {"summary": json.loads(payload)["summary"], "reused": False}
+
+
+def cell_vectors(store: Store, job: CellJob, scratch: Path) -> tuple[list[str], np.ndarray]:
+    """The snapshot's ids, sorted, and their vectors [N, d] in that order: the codes come
+    from them, the probes and label scores compare against them. Past the job's budget a
+    read-only memmap of the rows a pack maps (the same file, when one trained here)."""
+    keys = store.read_parquet(job.snapshot_path)
+    ns = Namespace(store, job.embedder)
+    n_eval = int(keys["eval"].sum())
+    snapshot = Snapshot(Path(job.snapshot_path).stem, job.domain, job.embedder,
+                        keys.height - n_eval, n_eval, job.snapshot_path, "")  # fmt: skip
+    budget = job.vector_budget_bytes
+    if budget is None or snapshot_bytes(store, snapshot) <= budget:
+        return ns.load(keys=keys)
+    return sorted(keys["id"].to_list()), mapped_rows(store, snapshot, scratch / "snapshots")
 
 
 def texts_of(store: Store, ids: list[str]) -> tuple[list[str], list[str]]:

@@ -52,6 +52,7 @@ def cell_jobs(
             folder=c.folder(info.sweep_id),
             model=versions.get(c.cell, model_name(info.domain, c.k, c.n_latents, c.n_axis)),
             clean=clean,
+            vector_budget_bytes=get_settings().vector_budget_bytes,
         )
         for c in cells
     ]

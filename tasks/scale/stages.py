@@ -14,7 +14,6 @@ budget); features, the search index and queries run on the full snapshot too.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -26,10 +25,12 @@ import torch
 
 from infra.settings import get_settings
 from infra.store import Store
+from sae.data import MappedRows
 from sae.metrics import evaluate
 from tasks.corpus.domains import get_domain
 from tasks.embed.embedders import embedder_name
 from tasks.embed.import_vectors import import_vectors
+from tasks.embed.mapped import mapped_snapshot, snapshot_bytes
 from tasks.embed.snapshot import Snapshot, fix_snapshot, load_snapshot
 from tasks.scale import synthetic
 from tasks.scale.measure import StageCost, measured, rss
@@ -77,7 +78,8 @@ def rehearse(plan: Plan, root: Path) -> list[StageCost]:
     with measured("snapshot and split", costs) as c:
         snap = fix_snapshot(store, dom, embedder_name(spec))
         x_train, x_eval = _load(store, snap, root)
-        c.notes = {"n_train": snap.n_train, "n_eval": snap.n_eval, "mapped": _is_mapped(x_train)}
+        mapped = isinstance(x_train, MappedRows)
+        c.notes = {"n_train": snap.n_train, "n_eval": snap.n_eval, "mapped": mapped}
     del x_train, x_eval
     with measured("train", costs) as c:
         refs, c.notes = _train(plan, store, dom, spec, root)
@@ -102,19 +104,10 @@ def rehearse(plan: Plan, root: Path) -> list[StageCost]:
 
 def _load(store: Store, snap: Snapshot, root: Path):
     """(train, eval) as ``train_pack`` reads them: memory-mapped past the vector budget."""
-    budget = getattr(get_settings(), "vector_budget_bytes", None)
-    try:
-        from tasks.embed.mapped import mapped_snapshot, snapshot_bytes
-    except ImportError:  # before the budget: always in memory
-        budget = None
-    if budget is not None and snapshot_bytes(store, snap) > budget:
+    if snapshot_bytes(store, snap) > get_settings().vector_budget_bytes:
         return mapped_snapshot(store, snap, root / "scratch" / "snapshots")
     x_train, x_eval = load_snapshot(store, snap)
     return torch.from_numpy(x_train), torch.from_numpy(x_eval)
-
-
-def _is_mapped(x) -> bool:
-    return isinstance(x, np.memmap)
 
 
 def _train(plan: Plan, store: Store, dom, spec: str, root: Path) -> tuple[list, dict]:
@@ -187,16 +180,13 @@ def _retrieval(model, x_eval, x_train, plan: Plan, folder: Path) -> dict:
 
 
 def _features(store: Store, snap: Snapshot, ref, root: Path) -> dict:
+    from tasks.features.params import FeaturesParams
     from tasks.features.run import CellJob, analyse_cell
 
-    job = dict(store_root=store.root, storage_options={}, domain=DOMAIN, embedder=snap.embedder,
-               snapshot_path=snap.path, sweep_id="scale", cell=ref.cell, folder=ref.folder,
-               model="scale-rehearsal")  # fmt: skip
-    if "clean" in {f.name for f in dataclasses.fields(CellJob)}:
-        from tasks.features.params import FeaturesParams
-
-        job["clean"] = FeaturesParams().clean_rule()
-    summary = analyse_cell(CellJob(**job), root / "scratch")["summary"]
+    job = CellJob(store.root, {}, DOMAIN, snap.embedder, snap.path, "scale", ref.cell, ref.folder,
+                  "scale-rehearsal", FeaturesParams().clean_rule(),
+                  get_settings().vector_budget_bytes)  # fmt: skip
+    summary = analyse_cell(job, root / "scratch")["summary"]
     return {k: summary[k] for k in ("live_features", "codes_seconds") if k in summary}
 
 
@@ -208,28 +198,22 @@ def _corpus(store: Store, snap: Snapshot) -> tuple[torch.Tensor, list[str]]:
 
 
 def _index(x_ND: torch.Tensor, snap: Snapshot, ids: list[str]):
-    """The approximate index of :mod:`tasks.search.ann` when it is there and the corpus is
-    past its exact-search size; None (exact search) otherwise."""
-    try:
-        from tasks.search import ann
-    except ImportError:
-        return None, {"index": "none: exact search (no tasks.search.ann yet)"}
-    if x_ND.shape[0] < getattr(ann, "EXACT_BELOW", 0):
+    """The approximate index of :mod:`tasks.search.ann` past the corpus's exact-search
+    size; None (exact search) below it."""
+    from tasks.search import ann
+
+    if x_ND.shape[0] < ann.EXACT_BELOW:
         return None, {"index": f"none: exact search below {ann.EXACT_BELOW} papers"}
-    index = ann.build(x_ND, ann.fingerprint(snap.id, ids))
-    return index, {"index": getattr(ann, "RECIPE", "ann")}
+    return ann.build(x_ND, ann.fingerprint(snap.id, ids)), {"index": ann.RECIPE}
 
 
 def _queries(x_ND: torch.Tensor, ids: list[str], model, index, plan: Plan) -> dict:
     """Latency of the engine's search (the query's embedding given: no embedder), on
-    papers' own vectors as queries; and the index's recall@10 against the exact scan."""
-    import inspect
-
+    papers' own vectors as queries."""
     from tasks.search.engine import SearchEngine
 
-    extra = {"index": index} if "index" in inspect.signature(SearchEngine).parameters else {}
     engine = SearchEngine(model, ids, [""] * len(ids), x_ND, _no_embedder, None, "scale", DOMAIN,
-                          "scale", **extra)  # fmt: skip
+                          "scale", index=index)  # fmt: skip
     rows = np.random.default_rng(plan.seed).choice(len(ids), min(plan.queries, len(ids)), False)
     seconds, found = [], 0
     for r in rows:
@@ -241,7 +225,7 @@ def _queries(x_ND: torch.Tensor, ids: list[str], model, index, plan: Plan) -> di
     return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p95_ms": round(float(np.percentile(ms, 95)), 2),
             "self_found_at_1": round(found / len(rows), 3), "queries": len(rows),
-            "index": "ann" if extra and index is not None else "exact"}  # fmt: skip
+            "index": "exact" if index is None else "ann"}  # fmt: skip
 
 
 def _no_embedder(texts):

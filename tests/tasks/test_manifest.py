@@ -41,6 +41,15 @@ def test_load_of_ids_without_vectors_names_them(ns):
         ns.load(["1", "9"])
 
 
+def test_a_vector_the_manifest_names_but_its_part_lacks_is_an_error_not_a_gap(ns):
+    ns.write_part("part-a.parquet", ["1"], ["s1"], unit([[1, 0, 0]]))
+    ns.write_part("part-b.parquet", ["3"], ["s3"], unit([[0, 0, 1]]))
+    ns.append_manifest(manifest_rows(["1", "2"], ["s1", "s2"], "part-a.parquet", "r1"))
+    ns.append_manifest(manifest_rows(["3"], ["s3"], "part-b.parquet", "r2"))
+    with pytest.raises(EmbeddingStoreError, match=r"hold 2 of the 3 vectors"):
+        ns.load()
+
+
 def test_a_part_the_manifest_does_not_name_is_adopted(ns):
     ns.write_part("part-a.parquet", ["1", "2"], ["s1", "s2"], unit([[1, 0, 0], [0, 1, 0]]))
     ns.write_part("part-b.parquet", ["3"], ["s3"], unit([[0, 0, 1]]))

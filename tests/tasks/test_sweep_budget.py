@@ -15,7 +15,7 @@ from sae.config import RunInfo, TrainConfig
 from sae.data import sparse_dictionary_data
 from sae.model import TopKSAE
 from tasks.embed.manifest import Namespace, manifest_rows
-from tasks.embed.mapped import mapped_snapshot, snapshot_bytes
+from tasks.embed.mapped import mapped_rows, mapped_snapshot, snapshot_bytes
 from tasks.embed.snapshot import fix_snapshot, load_snapshot
 from tasks.sweep.train import (
     DENSITY_FILE,
@@ -56,13 +56,20 @@ def test_the_mapped_snapshot_holds_the_rows_load_snapshot_gives(snapshot, tmp_pa
     store, snap = snapshot
     want_train, want_eval = load_snapshot(store, snap)
     got_train, got_eval = mapped_snapshot(store, snap, tmp_path)
-    assert isinstance(got_train, np.memmap) and not got_train.flags.writeable
-    np.testing.assert_array_equal(got_train, want_train)
-    np.testing.assert_array_equal(got_eval, want_eval)
+    np.testing.assert_array_equal(got_train[:].numpy(), want_train)
+    np.testing.assert_array_equal(got_eval[:].numpy(), want_eval)
     assert snapshot_bytes(store, snap) == 400 * D * 4
-    # Written once: a second call maps the same files.
-    again, _ = mapped_snapshot(store, snap, tmp_path)
-    assert again.filename == got_train.filename
+    # One file, the snapshot's rows in id order (as the features read them).
+    rows = mapped_rows(store, snap, tmp_path)
+    assert isinstance(rows, np.memmap) and not rows.flags.writeable
+    ids, want = Namespace(store, snap.embedder).load(keys=store.read_parquet(snap.path))
+    assert ids == sorted(ids)
+    np.testing.assert_array_equal(rows, want)
+    # Written once: a second call maps the same file.
+    before = Path(rows.filename).stat().st_mtime_ns
+    mapped_snapshot(store, snap, tmp_path)
+    assert [p.name for p in Path(rows.filename).parent.iterdir()] == ["rows.npy"]
+    assert Path(rows.filename).stat().st_mtime_ns == before
 
 
 def _pack(store, snap, sweep_id, budget):
@@ -101,3 +108,25 @@ def test_a_pack_past_its_budget_writes_the_cells_an_in_memory_pack_writes(snapsh
         retrieval = json.loads(store.read_bytes(f"{b.folder}/{RETRIEVAL_FILE}"))
         assert retrieval["retrieval_queries"] == retrieval["retrieval_queries_total"] == snap.n_eval
         assert retrieval["retrieval_recall_at_10_stderr"] == 0.0
+
+
+def test_a_cell_s_features_past_the_budget_are_those_of_the_vectors_in_memory(snapshot, tmp_path):
+    from tasks.features.params import FeaturesParams
+    from tasks.features.run import CellJob, analyse_cell
+
+    store, snap = snapshot
+    (cell, *_) = _pack(store, snap, "features", budget=None)
+    docs = []
+    for budget in (None, 4096):
+        job = CellJob(store.root, {}, "cs.LG", "toy", snap.path, "features", cell.cell,
+                      cell.folder, "m", FeaturesParams().clean_rule(), budget)  # fmt: skip
+        for name in ("features.json", "codes.parquet"):  # codes from these vectors too
+            store.delete(f"{job.features_folder()}/{name}")
+        analyse_cell(job, tmp_path / str(budget))
+        docs.append(json.loads(store.read_bytes(f"{job.features_folder()}/features.json")))
+    assert [p.name for p in (tmp_path / "4096" / "snapshots" / "toy").iterdir()] == [snap.id]
+    assert not (tmp_path / "None" / "snapshots").exists()
+    for doc in docs:  # the seconds are the runs' own
+        for key in ("codes_seconds", "analysis_seconds"):
+            doc["summary"].pop(key)
+    assert docs[0] == docs[1]
