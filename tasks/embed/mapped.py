@@ -9,7 +9,8 @@ same order as :func:`tasks.embed.snapshot.load_snapshot`. The file is written on
 part at a time, so the peak is one part's vectors (plus the snapshot's and the manifest's
 keys: ids and hashes, N-bound but ~100 bytes a paper). A snapshot id names its contents,
 so a file once written is reused by every pack and every features run of every sweep on
-that machine; it appears by one rename of its folder, never half-written.
+that machine; it appears by one rename of its folder, never half-written, and goes when
+:data:`KEEP_MAPPED` newer ones have been used.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from tasks.embed.manifest import EmbeddingStoreError, Namespace
 from tasks.embed.snapshot import Snapshot
 
 ROWS_FILE = "rows.npy"
+#: Snapshots of one embedder kept mapped on a machine: the newest sweep's and the one
+#: before (its packs or features may still read it); at 2.7M x 384 each is 4 GB.
+KEEP_MAPPED = 2
 
 
 def snapshot_bytes(store: Store, snapshot: Snapshot) -> int:
@@ -48,20 +52,44 @@ def _dim(ns: Namespace) -> int:
 
 def mapped_rows(store: Store, snapshot: Snapshot, folder: Path) -> np.ndarray:
     """[N, d] float32 memmap (read-only) of ``snapshot``'s rows, its ids sorted, written
-    under ``folder`` first if it is not there yet."""
+    under ``folder`` first if it is not there yet. Past :data:`KEEP_MAPPED` snapshots of
+    the embedder on this machine, the least recently used go."""
     final = Path(folder) / _safe(snapshot.embedder) / snapshot.id
-    if not (final / ROWS_FILE).is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot.id}-", dir=final.parent))
+    for attempt in range(2):
+        if not (final / ROWS_FILE).is_file():
+            _write_once(store, snapshot, final)
         try:
-            _write(store, snapshot, tmp / ROWS_FILE)
-            os.replace(tmp, final)  # another pack that got there first wins: same content
-        except OSError:
-            if not (final / ROWS_FILE).is_file():
+            x = np.load(final / ROWS_FILE, mmap_mode="r")
+            break
+        except FileNotFoundError:  # pruned by another process between the two lines
+            if attempt:
                 raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return np.load(final / ROWS_FILE, mmap_mode="r")
+    os.utime(final)
+    _prune(final)
+    return x
+
+
+def _write_once(store: Store, snapshot: Snapshot, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot.id}-", dir=final.parent))
+    try:
+        _write(store, snapshot, tmp / ROWS_FILE)
+        os.replace(tmp, final)  # another pack that got there first wins: same content
+    except OSError:
+        if not (final / ROWS_FILE).is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prune(final: Path) -> None:
+    """Deletes the embedder's mapped snapshots but the :data:`KEEP_MAPPED` most recently
+    used (``final`` among them). A process that has one mapped keeps reading it: Linux
+    frees an unlinked file's pages once the last map of it goes."""
+    others = [p for p in final.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in [p for p in others if p != final][KEEP_MAPPED - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def mapped_snapshot(

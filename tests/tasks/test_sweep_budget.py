@@ -130,3 +130,23 @@ def test_a_cell_s_features_past_the_budget_are_those_of_the_vectors_in_memory(sn
         for key in ("codes_seconds", "analysis_seconds"):
             doc["summary"].pop(key)
     assert docs[0] == docs[1]
+
+
+def test_a_machine_keeps_the_two_most_recently_used_snapshots_mapped(snapshot, tmp_path):
+    import os
+
+    store, snap = snapshot
+    snaps = [snap, *(fix_snapshot(store, CS, "toy", limit=m) for m in (300, 200))]
+    assert len({s.id for s in snaps}) == 3
+    first = mapped_rows(store, snaps[0], tmp_path)
+    folder = Path(first.filename).parent.parent
+    for age, s in ((100, snaps[0]), (50, snaps[1])):  # used in turn, the first longest ago
+        mapped_rows(store, s, tmp_path)
+        os.utime(folder / s.id, ns=(0, (os.stat(folder).st_mtime_ns - age * 10**9)))
+    mapped_rows(store, snaps[2], tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(s.id for s in snaps[1:])
+    _, want = Namespace(store, snap.embedder).load(keys=store.read_parquet(snap.path))
+    np.testing.assert_array_equal(first, want)  # a map open when its file went still reads
+    # Used again: written again, and now the least recently used goes.
+    mapped_rows(store, snaps[0], tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([snaps[0].id, snaps[2].id])
