@@ -26,6 +26,7 @@ def test_every_stage_is_measured_at_each_size_and_its_growth_fitted(tmp_path, ca
         assert run["reduced_grid"] and run["trained_k"] == [8] and run["trained_n"] == [32, 64]
         for s in run["stages"]:
             assert s["seconds"] > 0 and s["peak_rss"] >= s["rss_start"] > 0
+            assert 0 < s["peak_anon"] <= s["peak_rss"]
     (imported,) = [s for s in runs["2000x32"]["stages"] if s["stage"] == "import vectors"]
     assert imported["notes"] == {"imported": 2000, "rejected": 0}
     assert imported["written_bytes"] > 2000 * 32 * 4  # the vectors went into the store
