@@ -91,8 +91,9 @@ def measured(stage: str, costs: list[StageCost]) -> Iterator[StageCost]:
         done.set()
         sampler.join()
     cost.seconds = time.perf_counter() - t0
-    # The kernel syncs its RSS counters lazily: the high-water mark may lag a reading.
-    cost.peak_rss = max(_status("VmHWM"), cost.rss_start, rss())
+    # The kernel syncs its RSS counters lazily: the high-water mark may lag a reading
+    # (the sampler's included).
+    cost.peak_rss = max(_status("VmHWM"), cost.rss_start, rss(), cost.peak_anon)
     read1, written1 = _io()
     cost.read_bytes, cost.written_bytes = read1 - read0, written1 - written0
     costs.append(cost)
