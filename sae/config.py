@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 # Bump when cfg.json gains a field that old readers cannot ignore.
 # 2: train.checkpoint_every_s. 3: sae.arch, prefixes, matryoshka_selection, threshold_decay
-# (a file without them is a TopK SAE: their defaults).
-CFG_FORMAT_VERSION = 3
+# (a file without them is a TopK SAE: their defaults). 4: train.stacked.
+CFG_FORMAT_VERSION = 4
 
 # The paper's dead-latent window: 266 steps, about one epoch of astro-ph at batch 1024.
 PAPER_DEAD_STEPS = 266
@@ -32,6 +32,7 @@ Arch = Literal["topk", "batchtopk", "matryoshka"]
 Selection = Literal["topk", "batchtopk"]
 LrSchedule = Literal["constant", "cosine"]
 ComputeDtype = Literal["float32", "bfloat16"]
+Stacking = Literal["auto", "on", "off"]
 
 # A BatchTopK code is stored fixed-width, [B, w] values and indices padded with zeros, so
 # the sparse ops (Triton and torch) serve it unchanged: w = min(n, 4k). A sample that the
@@ -263,12 +264,20 @@ class TrainConfig:
     )
     checkpoint_every_steps: int = _knob(0, "Also checkpoint every this many steps (0: never).")
     log_every_steps: int = _knob(10, "Training metrics every this many steps.")
+    stacked: Stacking = _knob(  # noqa: RUF009
+        "auto",
+        "on: step the cells of equal n and arch as one stack (one top-k, one fused Adam, "
+        "no host sync; the per-cell weights within 1e-6), off: cell by cell. auto: on "
+        "CUDA, where a pack's step is bound by launches and syncs; off on CPU, so CPU runs "
+        "keep the per-cell figures.",
+    )
     geometric_median_iters: int = _knob(
         20, "Weiszfeld iterations for the pre-bias init; 0 uses the coordinate-wise median."
     )
 
-    #: Settings that change how a run is watched or saved, never its weights.
-    NOT_IN_WEIGHTS = ("checkpoint_every_s", "checkpoint_every_steps", "log_every_steps")
+    #: Settings that change how a run is watched, saved or issued, never its weights (a
+    #: stacked step gives the per-cell weights within 1e-6, so a run may resume either way).
+    NOT_IN_WEIGHTS = ("checkpoint_every_s", "checkpoint_every_steps", "log_every_steps", "stacked")
 
     def weight_key(self) -> dict[str, Any]:
         """The settings that decide the trained weights (with the cells, data and code)."""
@@ -288,6 +297,7 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         _one_of("lr_schedule", self.lr_schedule, LrSchedule)
         _one_of("compute_dtype", self.compute_dtype, ComputeDtype)
+        _one_of("stacked", self.stacked, Stacking)
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.grad_clip < 0:

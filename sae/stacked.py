@@ -25,7 +25,8 @@ What a stack holds: cells of equal (d, n, arch, selection, prefixes); k, k_aux,
 aux_coef, multi_topk and the dead threshold may differ. :func:`stack_groups` splits a
 pack into such stacks. A stack splits back into per-cell ``TopKSAE`` and Adam state
 dicts (:meth:`StackedSAE.cell_state_dict`, :func:`cell_optimizer_state`), so
-checkpoints keep their format.
+checkpoints keep their format. :class:`sae.trainer.PackTrainer` steps a pack this way
+when ``TrainConfig.stacked`` is in force (one stack per group of >= 2 active cells).
 """
 
 from __future__ import annotations

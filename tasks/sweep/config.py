@@ -24,6 +24,7 @@ from sae.config import (
     LrSchedule,
     SAEConfig,
     Selection,
+    Stacking,
     TrainConfig,
 )
 from tasks.corpus.domains import (
@@ -84,6 +85,7 @@ class GridParams(BaseModel):
     lr_schedule: LrSchedule = _knob("lr_schedule")
     grad_clip: float = _knob("grad_clip")
     compute_dtype: ComputeDtype = _knob("compute_dtype")
+    stacked: Stacking = _knob("stacked")
     seed: int = _knob("seed")
     checkpoint_every_s: float = _knob("checkpoint_every_s")
     dead_threshold_samples: int | None = _knob("dead_threshold_samples")
