@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = report["packages"]["missing"]
     if missing:
         ray_only = set(missing) <= set(RAY)
-        why = ("the sweep flow imports prefect_ray at its top: no flow without Ray; the "
-               "packs can still run in-process with `sae train`" if ray_only else
+        why = ("the sweep flow imports prefect_ray at its top: no flow without Ray. Ray's "
+               "wheel (76 MiB) is over a call's 64 MiB: slim it first with `python "
+               "scripts/slim_wheel.py RAY.whl --drop ray/jars/ --out DIR` (45 MiB)"
+               if ray_only else
                "install them: bash scripts/gpu_sweep.sh --wheels DIR")  # fmt: skip
         say(
             "blocked",

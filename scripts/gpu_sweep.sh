@@ -5,7 +5,9 @@
 #   bash scripts/gpu_sweep.sh --source F                # a later run: reuses the installed site
 #   bash scripts/gpu_sweep.sh --source F --dry-run      # CPU, tiny grid (the tests run this)
 # Wheels go into one folder ($SAE_GPU_SITE, default /tmp/sae-gpu-site) with
-# `pip install --target`, batch after batch; later runs on the machine reuse it.
+# `pip install --target`, batch after batch; later runs on the machine reuse it. A call
+# carries at most 64 MiB: Ray's wheel (76 MiB) goes slimmed of its Java jar, 45 MiB
+# (`python scripts/slim_wheel.py RAY.whl --drop ray/jars/ --out DIR`), in a batch of its own.
 # Writes gpu_sweep.json, gpu_sweep.log and sweep.log to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
