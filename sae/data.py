@@ -118,8 +118,13 @@ class MappedRows:
         """
         pos = np.asarray(idx_B, dtype=np.int64)
         src = pos if self._rows is None else self._rows[pos]
-        order = np.argsort(src, kind="stable")
         out = np.empty((len(src), self._x.shape[1]), dtype=np.float32)
+        if np.all(src[1:] >= src[:-1]):
+            # Rows in file order (a slice of a view): read straight into the result, not
+            # through a second copy of it (mode="clip": "raise" buffers the whole read).
+            np.take(self._x, src, axis=0, out=out, mode="clip")
+            return torch.from_numpy(out)
+        order = np.argsort(src, kind="stable")
         out[order] = self._x[src[order]]
         return torch.from_numpy(out)
 

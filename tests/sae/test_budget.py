@@ -156,3 +156,13 @@ def test_no_stage_holds_a_dense_row_by_latent_matrix():
     latent_importance(sae, x, batch_size=64)
     retrieval_fidelity(sae, x[:100], x[100:], batch_size=64, corpus_block=128)
     assert seen and max(seen) <= 64
+
+
+def test_a_view_reads_the_rows_asked_for_in_file_order_or_not(tmp_path):
+    x = torch.randn(200, D)
+    rows = torch.randperm(200, generator=torch.Generator().manual_seed(1))[:120].sort().values
+    view = MappedRows(_mapped(tmp_path, x), rows)
+    assert torch.equal(view[10:90], x[rows[10:90]])  # in file order: read straight
+    shuffled = torch.tensor([5, 99, 0, 42, 42, 7])
+    assert torch.equal(view.take(shuffled), x[rows[shuffled]])  # out of order, repeated
+    assert view.take(torch.zeros(0, dtype=torch.long)).shape == (0, D)
