@@ -154,7 +154,8 @@ def cell_vectors(store: Store, job: CellJob, scratch: Path) -> tuple[list[str], 
     ns = Namespace(store, job.embedder)
     n_eval = int(keys["eval"].sum())
     snapshot = Snapshot(Path(job.snapshot_path).stem, job.domain, job.embedder,
-                        keys.height - n_eval, n_eval, job.snapshot_path, "")  # fmt: skip
+                        keys.height - n_eval, n_eval, job.snapshot_path,
+                        store.uri(job.snapshot_path))  # fmt: skip
     budget = job.vector_budget_bytes
     if budget is None or snapshot_bytes(store, snapshot) <= budget:
         return ns.load(keys=keys)
