@@ -22,12 +22,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from infra.store import Store
 from sae.data import MappedRows
-from tasks.embed.manifest import EmbeddingStoreError, Namespace
-from tasks.embed.snapshot import Snapshot
+from tasks.embed.manifest import Namespace
+from tasks.embed.snapshot import Snapshot, snapshot_parts, vector_dim
 
 ROWS_FILE = "rows.npy"
 #: Snapshots of one embedder kept mapped on a machine: the newest sweep's and the one
@@ -37,17 +36,8 @@ KEEP_MAPPED = 2
 
 def snapshot_bytes(store: Store, snapshot: Snapshot) -> int:
     """Bytes of the snapshot's vectors as float32 (train and eval)."""
-    return (snapshot.n_train + snapshot.n_eval) * _dim(Namespace(store, snapshot.embedder)) * 4
-
-
-def _dim(ns: Namespace) -> int:
-    dim = (ns.recorded() or {}).get("dim")
-    if not dim:
-        raise EmbeddingStoreError(
-            f"{ns.store.uri(ns.folder)} records no vector dimension (_embedder.json); "
-            "embed or import vectors first"
-        )
-    return int(dim)
+    dim = vector_dim(Namespace(store, snapshot.embedder))
+    return (snapshot.n_train + snapshot.n_eval) * dim * 4
 
 
 def mapped_rows(store: Store, snapshot: Snapshot, folder: Path) -> np.ndarray:
@@ -97,48 +87,19 @@ def mapped_snapshot(
 ) -> tuple[MappedRows, MappedRows]:
     """(train [N, d], eval [M, d]) views of :func:`mapped_rows`, each in id order."""
     x = mapped_rows(store, snapshot, folder)
-    is_eval = _keys(store, snapshot)["eval"].to_numpy()
+    # The snapshot's rows are sorted by id; so is the file.
+    is_eval = store.read_parquet(snapshot.path, ["id", "eval"]).sort("id")["eval"].to_numpy()
     return MappedRows(x, np.flatnonzero(~is_eval)), MappedRows(x, np.flatnonzero(is_eval))
 
 
-def _keys(store: Store, snapshot: Snapshot) -> pl.DataFrame:
-    return store.read_parquet(snapshot.path).select("id", "text_sha", "eval").sort("id")
-
-
 def _write(store: Store, snapshot: Snapshot, path: Path) -> None:
-    ns = Namespace(store, snapshot.embedder)
-    keys = _keys(store, snapshot).with_columns(pl.int_range(pl.len()).alias("pos"))
-    latest = (
-        ns.read_manifest()
-        .join(keys.select("id", "text_sha"), on=["id", "text_sha"])
-        .sort("embedded_at")
-        .unique("id", keep="last")
-        .select("id", "part")
-    )
-    if latest.height < keys.height:
-        missing = keys.join(latest, on="id", how="anti")["id"].head(3).to_list()
-        raise EmbeddingStoreError(
-            f"{keys.height - latest.height} id(s) of snapshot {snapshot.id} have no embedding "
-            f"in {store.uri(ns.folder)}, e.g. {missing}"
-        )
-    wanted = keys.join(latest, on="id")
-    rows = np.lib.format.open_memmap(path, "w+", np.float32, (keys.height, _dim(ns)))
-    written = 0
-    for (part,), in_part in wanted.group_by("part"):
-        vectors = (
-            store.read_parquet(ns.part_path(str(part)))
-            .join(in_part, on=["id", "text_sha"])
-            .unique("id", keep="first")
-        )
-        rows[vectors["pos"].to_numpy()] = vectors["vector"].to_numpy().astype(np.float32)
-        written += vectors.height
-    if written != keys.height:
-        raise EmbeddingStoreError(
-            f"the parts of {store.uri(ns.folder)} hold {written} of snapshot {snapshot.id}'s "
-            f"{keys.height} vectors, though the manifest names them all"
-        )
-    rows.flush()
-    del rows
+    dim = vector_dim(Namespace(store, snapshot.embedder))
+    n = snapshot.n_train + snapshot.n_eval
+    out = np.lib.format.open_memmap(path, "w+", np.float32, (n, dim))
+    for rows, x in snapshot_parts(store, snapshot):
+        out[rows["pos"].to_numpy()] = x
+    out.flush()
+    del out
 
 
 def _safe(name: str) -> str:

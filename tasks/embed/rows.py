@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import polars as pl
 
 EVAL_EVERY = 20  # one id in 20 (5%) is held out
@@ -29,15 +28,3 @@ def snapshot_rows(latest: pl.DataFrame, limit: int | None) -> pl.DataFrame:
     if limit is not None:
         rows = rows.sort("h").head(limit)
     return rows.with_columns((pl.col("h") % EVAL_EVERY == 0).alias("eval")).drop("h").sort("id")
-
-
-def split_matrix(
-    rows: pl.DataFrame, ids: list[str], x: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train [N, d], eval [M, d]), each in id order, from ``x`` [N + M, d] whose rows are
-    ``ids`` in any order."""
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    is_eval = dict(zip(rows["id"], rows["eval"], strict=True))
-    mask = np.array([is_eval[ids[i]] for i in order], dtype=bool)
-    x = x[order]
-    return x[~mask], x[mask]

@@ -10,6 +10,7 @@ their cached results). Which rows train and their order: :mod:`tasks.embed.rows`
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from infra.store import Store
 from tasks.corpus.domains import Domain
 from tasks.corpus.storage import read_papers
 from tasks.embed.manifest import EmbeddingStoreError, Namespace
-from tasks.embed.rows import snapshot_rows, split_matrix
+from tasks.embed.rows import snapshot_rows
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,72 @@ def snapshot_by_id(store: Store, domain: Domain, embedder: str, snap_id: str) ->
 
 
 def load_snapshot(store: Store, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:
-    """(train [N, d], eval [M, d]) float32, rows in id order."""
-    rows = store.read_parquet(snapshot.path)
-    ids, x = Namespace(store, snapshot.embedder).load(keys=rows)
-    return split_matrix(rows, ids, x)
+    """(train [N, d], eval [M, d]) float32, rows in id order, filled a vector part at a
+    time: the peak is the matrices and one part."""
+    train = held = None
+    for rows, x in snapshot_parts(store, snapshot):
+        if train is None:  # the first part: its width is the vectors'
+            train = np.empty((snapshot.n_train, x.shape[1]), np.float32)
+            held = np.empty((snapshot.n_eval, x.shape[1]), np.float32)
+        is_eval, at = rows["eval"].to_numpy(), rows["split_pos"].to_numpy()
+        train[at[~is_eval]] = x[~is_eval]
+        held[at[is_eval]] = x[is_eval]
+    if train is None:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return train, held
+
+
+def vector_dim(ns: Namespace) -> int:
+    dim = (ns.recorded() or {}).get("dim")
+    if not dim:
+        raise EmbeddingStoreError(
+            f"{ns.store.uri(ns.folder)} records no vector dimension (_embedder.json); "
+            "embed or import vectors first"
+        )
+    return int(dim)
+
+
+def snapshot_parts(store: Store, snapshot: Snapshot) -> Iterator[tuple[pl.DataFrame, np.ndarray]]:
+    """The snapshot's vectors a stored part at a time: (rows [id, eval, pos, split_pos],
+    vectors [r, d] float32), ``pos`` a row's place among all the snapshot's ids sorted,
+    ``split_pos`` its place in its split (train or eval), sorted by id likewise. Every
+    row comes once; a paper revised since gives the vector it was frozen with."""
+    ns = Namespace(store, snapshot.embedder)
+    keys = (
+        store.read_parquet(snapshot.path)
+        .select("id", "text_sha", "eval")
+        .sort("id")
+        .with_columns(
+            pl.int_range(pl.len()).alias("pos"),
+            pl.int_range(pl.len()).over("eval").alias("split_pos"),
+        )
+    )
+    latest = (
+        ns.read_manifest()
+        .join(keys.select("id", "text_sha"), on=["id", "text_sha"])
+        .sort("embedded_at")
+        .unique("id", keep="last")
+        .select("id", "part")
+    )
+    if latest.height < keys.height:
+        missing = keys.join(latest, on="id", how="anti")["id"].head(3).to_list()
+        raise EmbeddingStoreError(
+            f"{keys.height - latest.height} id(s) of snapshot {snapshot.id} have no embedding "
+            f"in {store.uri(ns.folder)}, e.g. {missing}"
+        )
+    given = 0
+    for (part,), in_part in keys.join(latest, on="id").group_by("part"):
+        rows = (
+            store.read_parquet(ns.part_path(str(part)))
+            .join(in_part, on=["id", "text_sha"])
+            .unique("id", keep="first")
+        )
+        given += rows.height
+        if rows.height == 0:
+            continue
+        yield rows.drop("vector"), rows["vector"].to_numpy().astype(np.float32, copy=False)
+    if given != keys.height:
+        raise EmbeddingStoreError(
+            f"the parts of {store.uri(ns.folder)} hold {given} of snapshot {snapshot.id}'s "
+            f"{keys.height} vectors, though the manifest names them all"
+        )
