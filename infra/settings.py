@@ -77,10 +77,11 @@ class Settings(BaseSettings):
         default=4 * 2**30,
         gt=0,
         validation_alias=AliasChoices("SAE_VECTOR_BUDGET", "SAE_VECTOR_BUDGET_BYTES"),
-        description="Bytes of embedding vectors a training pack holds in host memory; past "
-        "it the snapshot is memory-mapped from .npy files in the scratch folder and read a "
-        "batch at a time, with the same results. A fixed 4 GiB, not a share of RAM: the "
-        "flow sets it and the Ray worker (whose RAM the flow cannot see) obeys it; 4 GiB "
+        description="Bytes of embedding vectors a training pack or a cell's features hold "
+        "in host memory; past it the snapshot is memory-mapped from one .npy file in the "
+        "scratch folder and read in pieces, with the same results. A fixed 4 GiB, not a "
+        "share of RAM: the flow sets it and the Ray worker (whose RAM the flow cannot see) "
+        "obeys it; 4 GiB "
         "holds 700k x 1536 float32 vectors and leaves a 16-24 GiB worker room for the "
         "models, Adam and the other packs.",
     )

@@ -237,9 +237,10 @@ def train_pack(
     """Train the cells of ``spec`` that are not done yet; return every cell's reference.
 
     ``on_log(cell, step, metrics)`` sees the training metrics as they are logged.
-    Past ``spec.vector_budget_bytes`` the snapshot is memory-mapped from .npy files under
-    ``scratch/snapshots`` (written once per snapshot and machine) and training and every
-    evaluation read it in pieces bounded by the budget.
+    Past ``spec.vector_budget_bytes`` the snapshot is memory-mapped from one .npy file
+    under ``scratch/snapshots`` (written once per snapshot and machine,
+    :mod:`tasks.embed.mapped`) and training and every evaluation read it in pieces bounded
+    by the budget.
     """
     done = finished_cells(store, spec)
     todo = [(k, n) for k, n in spec.cells if _name(spec, k, n) not in done]
@@ -341,7 +342,7 @@ def _grid_n(cells: list[tuple[int, int]]) -> tuple[int, ...]:
 
 def _load(spec: PackSpec, store: Store, scratch: Path):
     """(train, eval) rows; a matrix file has no eval split (the trainer holds one out).
-    Past the budget, memmaps (a snapshot's through .npy files under ``scratch``)."""
+    Past the budget, memmaps (a snapshot's as views of its .npy file under ``scratch``)."""
     budget = spec.vector_budget_bytes
     if isinstance(spec.data, MatrixFile):
         if budget is not None and spec.data.path.endswith(".npy"):
