@@ -64,6 +64,8 @@ def _write_once(store: Store, snapshot: Snapshot, final: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot.id}-", dir=final.parent))
     try:
         _write(store, snapshot, tmp / ROWS_FILE)
+        if final.is_dir() and not (final / ROWS_FILE).is_file():
+            shutil.rmtree(final)  # the files of an earlier layout (train.npy, eval.npy)
         os.replace(tmp, final)  # another pack that got there first wins: same content
     except OSError:
         if not (final / ROWS_FILE).is_file():

@@ -65,6 +65,12 @@ def test_the_mapped_snapshot_holds_the_rows_load_snapshot_gives(snapshot, tmp_pa
     ids, want = Namespace(store, snap.embedder).load(keys=store.read_parquet(snap.path))
     assert ids == sorted(ids)
     np.testing.assert_array_equal(rows, want)
+    # A folder of an earlier layout (train.npy, eval.npy) gives way to the file.
+    legacy = tmp_path / "legacy"
+    (legacy / "toy" / snap.id).mkdir(parents=True)
+    np.save(legacy / "toy" / snap.id / "train.npy", np.zeros((2, D), np.float32))
+    np.testing.assert_array_equal(mapped_rows(store, snap, legacy), want)
+    assert [p.name for p in (legacy / "toy" / snap.id).iterdir()] == ["rows.npy"]
     # Written once: a second call maps the same file.
     before = Path(rows.filename).stat().st_mtime_ns
     mapped_snapshot(store, snap, tmp_path)
