@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -195,24 +196,32 @@ class Namespace:
         latest = latest.sort("id").with_columns(pl.int_range(pl.len()).alias("pos"))
         # Filled one part at a time: the peak is the matrix and one part, not the parts'
         # tables joined and then copied out (4x the matrix, 17 GB at 2.7M x 384).
-        x, filled = None, 0
-        for (part,), wanted in latest.group_by("part"):
-            df = self.store.read_parquet(self.part_path(str(part)))
-            df = df.join(wanted.select("id", "text_sha", "pos"), on=["id", "text_sha"])
-            df = df.unique("id", keep="first")
-            if df.height == 0:
-                continue
-            v = df["vector"].to_numpy().astype(np.float32, copy=False)
+        x = None
+        for rows, v in self.vectors_by_part(latest.select("id", "text_sha", "part", "pos")):
             if x is None:
                 x = np.empty((latest.height, v.shape[1]), np.float32)
-            x[df["pos"].to_numpy()] = v
-            filled += df.height
-        if filled != latest.height:
+            x[rows["pos"].to_numpy()] = v
+        return latest["id"].to_list(), x
+
+    def vectors_by_part(self, latest: pl.DataFrame) -> Iterator[tuple[pl.DataFrame, np.ndarray]]:
+        """Per stored part, the rows of ``latest`` (one per id: ``id``, ``text_sha``,
+        ``part`` and any columns of the caller's) found in it and their vectors [r, d]
+        float32, a part at a time; an error when the parts hold fewer than it names."""
+        given = 0
+        for (part,), wanted in latest.group_by("part"):
+            rows = (
+                self.store.read_parquet(self.part_path(str(part)))
+                .join(wanted.drop("part"), on=["id", "text_sha"])
+                .unique("id", keep="first")
+            )
+            given += rows.height
+            if rows.height:
+                yield rows.drop("vector"), rows["vector"].to_numpy().astype(np.float32, copy=False)
+        if given != latest.height:
             raise EmbeddingStoreError(
-                f"the parts of {self.store.uri(self.folder)} hold {filled} of the "
+                f"the parts of {self.store.uri(self.folder)} hold {given} of the "
                 f"{latest.height} vectors their manifest names"
             )
-        return latest["id"].to_list(), x
 
 
 def _source(source: str | None) -> dict:

@@ -141,19 +141,4 @@ def snapshot_parts(store: Store, snapshot: Snapshot) -> Iterator[tuple[pl.DataFr
             f"{keys.height - latest.height} id(s) of snapshot {snapshot.id} have no embedding "
             f"in {store.uri(ns.folder)}, e.g. {missing}"
         )
-    given = 0
-    for (part,), in_part in keys.join(latest, on="id").group_by("part"):
-        rows = (
-            store.read_parquet(ns.part_path(str(part)))
-            .join(in_part, on=["id", "text_sha"])
-            .unique("id", keep="first")
-        )
-        given += rows.height
-        if rows.height == 0:
-            continue
-        yield rows.drop("vector"), rows["vector"].to_numpy().astype(np.float32, copy=False)
-    if given != keys.height:
-        raise EmbeddingStoreError(
-            f"the parts of {store.uri(ns.folder)} hold {given} of snapshot {snapshot.id}'s "
-            f"{keys.height} vectors, though the manifest names them all"
-        )
+    yield from ns.vectors_by_part(keys.join(latest, on="id"))
