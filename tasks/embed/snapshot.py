@@ -78,13 +78,18 @@ def snapshot_by_id(store: Store, domain: Domain, embedder: str, snap_id: str) ->
     """An existing snapshot, to train on exactly the papers an earlier sweep used."""
     rel = f"{Namespace(store, embedder).snapshot_dir(domain.slug)}/{snap_id}.parquet"
     try:
-        rows = store.read_parquet(rel, columns=["eval"])
+        return snapshot_at(store, rel, domain.name, embedder)
     except FileNotFoundError:
         return None
+
+
+def snapshot_at(store: Store, rel: str, domain: str, embedder: str) -> Snapshot:
+    """The snapshot stored at ``rel`` (its id is the file's name); FileNotFoundError when
+    none is."""
+    rows = store.read_parquet(rel, columns=["eval"])
     n_eval = int(rows["eval"].sum())
-    return Snapshot(
-        snap_id, domain.name, embedder, rows.height - n_eval, n_eval, rel, store.uri(rel)
-    )
+    snap_id = rel.rsplit("/", 1)[-1].removesuffix(".parquet")
+    return Snapshot(snap_id, domain, embedder, rows.height - n_eval, n_eval, rel, store.uri(rel))
 
 
 def load_snapshot(store: Store, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ from tasks.corpus.domains import get_domain
 from tasks.corpus.storage import papers_in_order
 from tasks.embed.manifest import Namespace
 from tasks.embed.mapped import mapped_rows, snapshot_bytes
-from tasks.embed.snapshot import Snapshot
+from tasks.embed.snapshot import snapshot_at
 from tasks.features import families as fam_mod
 from tasks.features import labels as label_mod
 from tasks.features import probing
@@ -151,14 +151,10 @@ def cell_vectors(store: Store, job: CellJob, scratch: Path) -> tuple[list[str], 
     from them, the probes and label scores compare against them. Past the job's budget a
     read-only memmap of the rows a pack maps (the same file, when one trained here)."""
     keys = store.read_parquet(job.snapshot_path)
-    ns = Namespace(store, job.embedder)
-    n_eval = int(keys["eval"].sum())
-    snapshot = Snapshot(Path(job.snapshot_path).stem, job.domain, job.embedder,
-                        keys.height - n_eval, n_eval, job.snapshot_path,
-                        store.uri(job.snapshot_path))  # fmt: skip
+    snapshot = snapshot_at(store, job.snapshot_path, job.domain, job.embedder)
     budget = job.vector_budget_bytes
     if budget is None or snapshot_bytes(store, snapshot) <= budget:
-        return ns.load(keys=keys)
+        return Namespace(store, job.embedder).load(keys=keys)
     return sorted(keys["id"].to_list()), mapped_rows(store, snapshot, scratch / "snapshots")
 
 
